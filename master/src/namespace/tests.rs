@@ -1,0 +1,616 @@
+//! Unit tests of the namespace apply function over a real RocksDB folder, one operation at a
+//! time, including the errno of every failure.
+
+use std::sync::Arc;
+
+use alces_proto::types::*;
+use alces_proto::Status;
+use alces_raft_store::{apply_local, Db};
+
+use super::keys::*;
+use super::ops::*;
+use super::read::View;
+use super::records::InodeState;
+use super::Namespace;
+
+struct Fs {
+    _dir: tempfile::TempDir,
+    db: Arc<Db>,
+    index: u64,
+    now: i64,
+}
+
+fn root() -> Creds {
+    Creds::root()
+}
+
+fn user(uid: u32) -> Creds {
+    Creds { uid, gid: uid, groups: vec![] }
+}
+
+fn n(s: &str) -> Name {
+    Name::new(s.as_bytes()).unwrap()
+}
+
+impl Fs {
+    fn new() -> Fs {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db"), COLUMN_FAMILIES).unwrap();
+        let mut fs = Fs { _dir: dir, db, index: 0, now: 1_000_000 };
+        fs.ok(OpBody::Format { goal: Goal(2), trash_time: TrashTime(86_400) });
+        fs
+    }
+
+    fn apply(&mut self, body: OpBody) -> MetaReply {
+        self.index += 1;
+        self.now += 1;
+        apply_local(&self.db, &Namespace, self.index, MetaOp { now: Timestamp::from_secs(self.now), body }).unwrap()
+    }
+
+    fn ok(&mut self, body: OpBody) -> MetaReply {
+        let r = self.apply(body.clone());
+        assert!(!matches!(r, MetaReply::Err(_)), "{body:?} failed: {r:?}");
+        r
+    }
+
+    fn err(&mut self, body: OpBody) -> Status {
+        match self.apply(body.clone()) {
+            MetaReply::Err(s) => s,
+            other => panic!("{body:?} should fail, got {other:?}"),
+        }
+    }
+
+    fn view(&self) -> View<'_> {
+        View::new(&self.db)
+    }
+
+    fn attr(&self, ino: Inode) -> Attr {
+        self.view().getattr(ino).unwrap()
+    }
+
+    fn make(&mut self, parent: Inode, name: &str, kind: FileKind, mode: u16, creds: &Creds) -> Inode {
+        match self.ok(create_op(parent, name, kind, mode, creds)) {
+            MetaReply::Attr(a) => a.inode,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn mkdir(&mut self, parent: Inode, name: &str) -> Inode {
+        self.make(parent, name, FileKind::Dir, 0o755, &root())
+    }
+
+    fn file(&mut self, parent: Inode, name: &str) -> Inode {
+        self.make(parent, name, FileKind::File, 0o644, &root())
+    }
+
+    fn lookup(&self, parent: Inode, name: &str) -> Result<Attr, Status> {
+        self.view().lookup(parent, &n(name), &root())
+    }
+
+    fn names(&self, dir: Inode) -> Vec<String> {
+        self.view().readdir(dir, None, 1000).unwrap().into_iter().map(|(n, _, _)| n.to_string()).collect()
+    }
+}
+
+fn create_op(parent: Inode, name: &str, kind: FileKind, mode: u16, creds: &Creds) -> OpBody {
+    OpBody::Create {
+        parent,
+        name: n(name),
+        kind,
+        mode,
+        umask: 0,
+        rdev: 0,
+        target: if kind == FileKind::Symlink { b"target".to_vec() } else { vec![] },
+        creds: creds.clone(),
+        open: None,
+    }
+}
+
+fn rename_op(parent: Inode, name: &str, new_parent: Inode, new_name: &str) -> OpBody {
+    OpBody::Rename { parent, name: n(name), new_parent, new_name: n(new_name), flags: 0, creds: root() }
+}
+
+fn remove_op(parent: Inode, name: &str, dir: bool) -> OpBody {
+    OpBody::Remove { parent, name: n(name), dir, creds: root() }
+}
+
+const ROOT: Inode = Inode::ROOT;
+
+#[test]
+fn format_creates_the_root_once() {
+    let mut fs = Fs::new();
+    let a = fs.attr(ROOT);
+    assert_eq!((a.kind, a.mode, a.nlink, a.goal), (FileKind::Dir, 0o777, 2, Goal(2)));
+    assert_eq!(fs.err(OpBody::Format { goal: Goal(1), trash_time: TrashTime(0) }), Status::Exists);
+}
+
+#[test]
+fn create_every_kind_of_object() {
+    let mut fs = Fs::new();
+    for (name, kind) in [
+        ("f", FileKind::File),
+        ("d", FileKind::Dir),
+        ("l", FileKind::Symlink),
+        ("p", FileKind::Fifo),
+        ("s", FileKind::Socket),
+        ("b", FileKind::BlockDev),
+        ("c", FileKind::CharDev),
+    ] {
+        let ino = fs.make(ROOT, name, kind, 0o640, &user(7));
+        let a = fs.attr(ino);
+        assert_eq!(a.kind, kind);
+        assert_eq!((a.uid, a.gid), (7, 7));
+        assert_eq!(a.nlink, if kind == FileKind::Dir { 2 } else { 1 });
+        assert_eq!(a.goal, Goal(2), "goal inherited");
+        assert_eq!(fs.lookup(ROOT, name).unwrap().inode, ino);
+    }
+    assert_eq!(fs.view().readlink(fs.lookup(ROOT, "l").unwrap().inode).unwrap(), b"target");
+    let r = fs.attr(ROOT);
+    assert_eq!(r.nlink, 3, "one subdirectory");
+    assert_eq!(r.size, 7, "seven entries");
+    assert_eq!(fs.names(ROOT), ["b", "c", "d", "f", "l", "p", "s"]);
+    assert_eq!(fs.view().counter(COUNT_INODES).unwrap(), 8);
+}
+
+#[test]
+fn create_errors() {
+    let mut fs = Fs::new();
+    let f = fs.file(ROOT, "f");
+    assert_eq!(fs.err(create_op(ROOT, "f", FileKind::File, 0o644, &root())), Status::Exists);
+    assert_eq!(fs.err(create_op(Inode(999), "x", FileKind::File, 0o644, &root())), Status::NotFound);
+    assert_eq!(fs.err(create_op(f, "x", FileKind::File, 0o644, &root())), Status::NotDir);
+    let d = fs.make(ROOT, "private", FileKind::Dir, 0o700, &user(5));
+    assert_eq!(fs.err(create_op(d, "x", FileKind::File, 0o644, &user(6))), Status::Access);
+    let long = "x".repeat(256);
+    assert_eq!(Name::new(long.as_bytes()).unwrap_err(), Status::NameTooLong);
+    assert_eq!(Name::new(b"a/b".to_vec()).unwrap_err(), Status::Invalid);
+    assert_eq!(Name::new(b"..".to_vec()).unwrap_err(), Status::Invalid);
+    let long_target = OpBody::Create {
+        parent: ROOT,
+        name: n("l"),
+        kind: FileKind::Symlink,
+        mode: 0,
+        umask: 0,
+        rdev: 0,
+        target: vec![b'a'; 5000],
+        creds: root(),
+        open: None,
+    };
+    assert_eq!(fs.err(long_target), Status::NameTooLong);
+}
+
+#[test]
+fn umask_and_setgid_directories() {
+    let mut fs = Fs::new();
+    let d = fs.make(ROOT, "g", FileKind::Dir, 0o2775, &Creds { uid: 1, gid: 50, groups: vec![] });
+    assert_eq!(fs.attr(d).mode, 0o2775);
+    let body = OpBody::Create {
+        parent: d,
+        name: n("f"),
+        kind: FileKind::File,
+        mode: 0o666,
+        umask: 0o022,
+        rdev: 0,
+        target: vec![],
+        creds: Creds { uid: 2, gid: 60, groups: vec![50] },
+        open: None,
+    };
+    let MetaReply::Attr(a) = fs.ok(body) else { panic!() };
+    assert_eq!((a.mode, a.gid), (0o644, 50), "umask applied, group inherited from the setgid dir");
+    let sub = fs.make(d, "sub", FileKind::Dir, 0o755, &Creds { uid: 1, gid: 50, groups: vec![] });
+    assert_eq!(fs.attr(sub).mode & 0o2000, 0o2000, "subdirectories inherit setgid");
+}
+
+#[test]
+fn hard_links() {
+    let mut fs = Fs::new();
+    let f = fs.file(ROOT, "f");
+    let d = fs.mkdir(ROOT, "d");
+    fs.ok(OpBody::Link { inode: f, parent: d, name: n("g"), creds: root() });
+    assert_eq!(fs.attr(f).nlink, 2);
+    assert_eq!(fs.lookup(d, "g").unwrap().inode, f);
+    assert_eq!(fs.err(OpBody::Link { inode: f, parent: d, name: n("g"), creds: root() }), Status::Exists);
+    assert_eq!(fs.err(OpBody::Link { inode: d, parent: ROOT, name: n("d2"), creds: root() }), Status::Perm);
+    assert_eq!(fs.err(OpBody::Link { inode: Inode(999), parent: ROOT, name: n("x"), creds: root() }), Status::NotFound);
+    // Unlinking one name keeps the file.
+    fs.ok(remove_op(ROOT, "f", false));
+    assert_eq!(fs.attr(f).nlink, 1);
+    assert_eq!(fs.lookup(d, "g").unwrap().inode, f);
+}
+
+#[test]
+fn unlink_and_rmdir_errors() {
+    let mut fs = Fs::new();
+    let d = fs.mkdir(ROOT, "d");
+    fs.file(d, "f");
+    assert_eq!(fs.err(remove_op(ROOT, "nope", false)), Status::NotFound);
+    assert_eq!(fs.err(remove_op(ROOT, "d", false)), Status::IsDir);
+    assert_eq!(fs.err(remove_op(d, "f", true)), Status::NotDir);
+    assert_eq!(fs.err(remove_op(ROOT, "d", true)), Status::NotEmpty);
+    fs.ok(remove_op(d, "f", false));
+    fs.ok(remove_op(ROOT, "d", true));
+    assert_eq!(fs.lookup(ROOT, "d").unwrap_err(), Status::NotFound);
+    assert_eq!(fs.attr(ROOT).nlink, 2);
+    assert_eq!(fs.attr(ROOT).size, 0);
+}
+
+#[test]
+fn sticky_directories_protect_other_users_files() {
+    let mut fs = Fs::new();
+    let tmp = fs.make(ROOT, "tmp", FileKind::Dir, 0o1777, &root());
+    fs.make(tmp, "mine", FileKind::File, 0o666, &user(1));
+    let body = OpBody::Remove { parent: tmp, name: n("mine"), dir: false, creds: user(2) };
+    assert_eq!(fs.err(body), Status::Perm);
+    let body =
+        OpBody::Rename { parent: tmp, name: n("mine"), new_parent: tmp, new_name: n("x"), flags: 0, creds: user(2) };
+    assert_eq!(fs.err(body), Status::Perm);
+    fs.ok(OpBody::Remove { parent: tmp, name: n("mine"), dir: false, creds: user(1) });
+}
+
+#[test]
+fn permission_denied_without_write_on_the_parent() {
+    let mut fs = Fs::new();
+    let d = fs.make(ROOT, "ro", FileKind::Dir, 0o555, &user(1));
+    fs.make(d, "f", FileKind::File, 0o644, &root());
+    assert_eq!(fs.err(OpBody::Remove { parent: d, name: n("f"), dir: false, creds: user(1) }), Status::Access);
+    assert_eq!(fs.view().lookup(d, &n("f"), &user(1)).unwrap().kind, FileKind::File);
+    let nox = fs.make(ROOT, "nox", FileKind::Dir, 0o600, &user(1));
+    assert_eq!(fs.view().lookup(nox, &n("f"), &user(1)).unwrap_err(), Status::Access);
+}
+
+#[test]
+fn rename_moves_replaces_and_refuses() {
+    let mut fs = Fs::new();
+    let a = fs.mkdir(ROOT, "a");
+    let b = fs.mkdir(ROOT, "b");
+    let f = fs.file(a, "f");
+    fs.ok(rename_op(a, "f", b, "g"));
+    assert_eq!(fs.lookup(b, "g").unwrap().inode, f);
+    assert_eq!(fs.lookup(a, "f").unwrap_err(), Status::NotFound);
+    assert_eq!((fs.attr(a).size, fs.attr(b).size), (0, 1));
+
+    // Over an existing file: the old target goes away (to the trash, trash time is 1 day).
+    let h = fs.file(b, "h");
+    fs.ok(rename_op(b, "g", b, "h"));
+    assert_eq!(fs.lookup(b, "h").unwrap().inode, f);
+    assert_eq!(fs.view().inode(h).unwrap().unwrap().state, InodeState::Trash);
+    assert_eq!(fs.attr(b).size, 1);
+
+    // A directory moves with its `..` and link counts.
+    let sub = fs.mkdir(a, "sub");
+    fs.ok(rename_op(a, "sub", b, "sub"));
+    assert_eq!((fs.attr(a).nlink, fs.attr(b).nlink), (2, 3));
+    assert_eq!(fs.view().inode(sub).unwrap().unwrap().parent, b);
+
+    // Into its own subtree: EINVAL. Onto itself: nothing happens.
+    let deep = fs.mkdir(sub, "deep");
+    assert_eq!(fs.err(rename_op(b, "sub", deep, "x")), Status::Invalid);
+    assert_eq!(fs.err(rename_op(b, "sub", sub, "x")), Status::Invalid);
+    fs.ok(rename_op(b, "sub", b, "sub"));
+
+    // Type mismatches and non-empty targets.
+    fs.file(a, "file");
+    let e = fs.mkdir(a, "empty");
+    assert_eq!(fs.err(rename_op(a, "file", a, "empty")), Status::IsDir);
+    assert_eq!(fs.err(rename_op(a, "empty", b, "h")), Status::NotDir);
+    assert_eq!(fs.err(rename_op(a, "empty", ROOT, "b")), Status::NotEmpty);
+    assert_eq!(fs.err(rename_op(a, "missing", b, "x")), Status::NotFound);
+    // A directory replaces an empty one.
+    fs.ok(rename_op(b, "sub", a, "empty"));
+    assert_eq!(fs.lookup(a, "empty").unwrap().inode, sub);
+    assert!(fs.view().inode(e).unwrap().is_none());
+    assert_eq!((fs.attr(a).nlink, fs.attr(b).nlink), (3, 2));
+}
+
+#[test]
+fn rename_flags() {
+    let mut fs = Fs::new();
+    let x = fs.file(ROOT, "x");
+    let d = fs.mkdir(ROOT, "d");
+    let no_replace = OpBody::Rename {
+        parent: ROOT,
+        name: n("x"),
+        new_parent: ROOT,
+        new_name: n("d"),
+        flags: RENAME_NOREPLACE,
+        creds: root(),
+    };
+    assert_eq!(fs.err(no_replace), Status::Exists);
+    let exchange = OpBody::Rename {
+        parent: ROOT,
+        name: n("x"),
+        new_parent: ROOT,
+        new_name: n("d"),
+        flags: RENAME_EXCHANGE,
+        creds: root(),
+    };
+    fs.ok(exchange);
+    assert_eq!(fs.lookup(ROOT, "d").unwrap().inode, x);
+    assert_eq!(fs.lookup(ROOT, "x").unwrap().inode, d);
+    let missing = OpBody::Rename {
+        parent: ROOT,
+        name: n("x"),
+        new_parent: ROOT,
+        new_name: n("zz"),
+        flags: RENAME_EXCHANGE,
+        creds: root(),
+    };
+    assert_eq!(fs.err(missing), Status::NotFound);
+    let both =
+        OpBody::Rename { parent: ROOT, name: n("x"), new_parent: ROOT, new_name: n("d"), flags: 3, creds: root() };
+    assert_eq!(fs.err(both), Status::Invalid);
+}
+
+#[test]
+fn setattr_permissions_and_times() {
+    let mut fs = Fs::new();
+    let f = fs.make(ROOT, "f", FileKind::File, 0o4755, &user(1));
+    let chmod = |mode, creds| OpBody::SetAttr {
+        inode: f,
+        set: SetAttr { mode: Some(mode), ..Default::default() },
+        creds,
+        handle: false,
+    };
+    assert_eq!(fs.err(chmod(0o600, user(2))), Status::Perm);
+    fs.ok(chmod(0o4750, user(1)));
+    assert_eq!(fs.attr(f).mode, 0o4750);
+    // chown: only root gives files away; it clears setuid.
+    let chown = |uid, creds| OpBody::SetAttr {
+        inode: f,
+        set: SetAttr { uid: Some(uid), ..Default::default() },
+        creds,
+        handle: false,
+    };
+    assert_eq!(fs.err(chown(2, user(1))), Status::Perm);
+    fs.ok(chown(2, root()));
+    assert_eq!((fs.attr(f).uid, fs.attr(f).mode & 0o4000), (2, 0));
+    // chgrp to a group the owner is not in: EPERM.
+    let chgrp = OpBody::SetAttr {
+        inode: f,
+        set: SetAttr { gid: Some(99), ..Default::default() },
+        creds: user(2),
+        handle: false,
+    };
+    assert_eq!(fs.err(chgrp), Status::Perm);
+    // utimes with explicit times: owner only; "now" needs write permission.
+    let at = |creds| OpBody::SetAttr {
+        inode: f,
+        set: SetAttr { mtime: Some(TimeSet::At(Timestamp::from_secs(5))), ..Default::default() },
+        creds,
+        handle: false,
+    };
+    assert_eq!(fs.err(at(user(3))), Status::Perm);
+    fs.ok(at(user(2)));
+    assert_eq!(fs.attr(f).mtime.secs, 5);
+    let now = OpBody::SetAttr {
+        inode: f,
+        set: SetAttr { atime: Some(TimeSet::Now), ..Default::default() },
+        creds: user(3),
+        handle: false,
+    };
+    assert_eq!(fs.err(now), Status::Access);
+    assert!(fs.attr(f).ctime.secs > 1_000_000);
+}
+
+#[test]
+fn truncate_drops_whole_chunks_beyond_the_end() {
+    let mut fs = Fs::new();
+    let f = fs.file(ROOT, "f");
+    for i in 0..3 {
+        fs.ok(OpBody::AllocChunk { inode: f, index: i, replace: None });
+    }
+    fs.ok(OpBody::WriteEnd { inode: f, size: 3 * CHUNK_SIZE });
+    assert_eq!(fs.attr(f).size, 3 * CHUNK_SIZE);
+    let trunc = |size, creds, handle| OpBody::SetAttr {
+        inode: f,
+        set: SetAttr { size: Some(size), ..Default::default() },
+        creds,
+        handle,
+    };
+    fs.ok(trunc(CHUNK_SIZE + 1, root(), false));
+    assert_eq!(fs.view().file_chunks(f).unwrap().len(), 2);
+    assert_eq!(fs.view().counter(COUNT_CHUNKS).unwrap(), 2);
+    fs.ok(trunc(10 * CHUNK_SIZE, root(), false));
+    assert_eq!(fs.attr(f).size, 10 * CHUNK_SIZE);
+    let d = fs.mkdir(ROOT, "d");
+    assert_eq!(
+        fs.err(OpBody::SetAttr {
+            inode: d,
+            set: SetAttr { size: Some(0), ..Default::default() },
+            creds: root(),
+            handle: false
+        }),
+        Status::IsDir
+    );
+    let g = fs.make(ROOT, "g", FileKind::File, 0o444, &user(4));
+    let t = |handle| OpBody::SetAttr {
+        inode: g,
+        set: SetAttr { size: Some(0), ..Default::default() },
+        creds: user(4),
+        handle,
+    };
+    assert_eq!(fs.err(t(false)), Status::Access);
+    fs.ok(t(true));
+}
+
+#[test]
+fn xattrs() {
+    let mut fs = Fs::new();
+    let f = fs.file(ROOT, "f");
+    let set = |name: &str, v: &[u8], flags| OpBody::SetXattr {
+        inode: f,
+        name: name.into(),
+        value: v.to_vec(),
+        flags,
+        creds: root(),
+    };
+    fs.ok(set("user.a", b"1", 0));
+    assert_eq!(fs.err(set("user.a", b"2", XATTR_CREATE)), Status::Exists);
+    assert_eq!(fs.err(set("user.b", b"2", XATTR_REPLACE)), Status::NoData);
+    fs.ok(set("user.a", b"3", XATTR_REPLACE));
+    assert_eq!(fs.view().getxattr(f, b"user.a").unwrap(), b"3");
+    assert_eq!(fs.view().listxattr(f).unwrap(), vec![b"user.a".to_vec()]);
+    let tr = OpBody::SetXattr { inode: f, name: b"trusted.x".to_vec(), value: vec![], flags: 0, creds: user(1) };
+    assert_eq!(fs.err(tr), Status::Perm);
+    fs.ok(OpBody::RemoveXattr { inode: f, name: b"user.a".to_vec(), creds: root() });
+    assert_eq!(fs.err(OpBody::RemoveXattr { inode: f, name: b"user.a".to_vec(), creds: root() }), Status::NoData);
+    assert_eq!(fs.view().getxattr(f, b"user.a").unwrap_err(), Status::NoData);
+}
+
+#[test]
+fn goal_and_trash_time_are_inherited_and_set_recursively() {
+    let mut fs = Fs::new();
+    let d = fs.mkdir(ROOT, "d");
+    let sub = fs.make(d, "sub", FileKind::Dir, 0o777, &root());
+    let f = fs.file(sub, "f");
+    fs.ok(OpBody::AllocChunk { inode: f, index: 0, replace: None });
+    let other = fs.make(sub, "other", FileKind::File, 0o644, &user(9));
+    let r = fs.ok(OpBody::SetGoal { inode: d, goal: Goal(3), recursive: true, creds: root() });
+    assert_eq!(r, MetaReply::Counts { changed: 4, unchanged: 0, denied: 0 });
+    assert_eq!(fs.attr(f).goal, Goal(3));
+    let (_, c) = fs.view().file_chunks(f).unwrap()[0];
+    assert_eq!(fs.view().chunk(c).unwrap().unwrap().goal, Goal(3));
+    let new = fs.file(sub, "new");
+    assert_eq!(fs.attr(new).goal, Goal(3), "inherited from the parent");
+    let r = fs.ok(OpBody::SetGoal { inode: d, goal: Goal(1), recursive: true, creds: user(9) });
+    assert_eq!(r, MetaReply::Counts { changed: 1, unchanged: 0, denied: 4 });
+    assert_eq!(fs.attr(other).goal, Goal(1));
+    assert_eq!(fs.err(OpBody::SetGoal { inode: f, goal: Goal(1), recursive: false, creds: user(9) }), Status::Perm);
+    let r = fs.ok(OpBody::SetTrashTime { inode: d, trash_time: TrashTime(0), recursive: true, creds: root() });
+    assert_eq!(r, MetaReply::Counts { changed: 5, unchanged: 0, denied: 0 });
+    let t = fs.file(d, "t");
+    assert_eq!(fs.attr(t).trash_time, TrashTime(0));
+}
+
+#[test]
+fn trash_undelete_purge_and_expiry() {
+    let mut fs = Fs::new();
+    let d = fs.mkdir(ROOT, "dir");
+    let f = fs.file(d, "f");
+    fs.ok(OpBody::AllocChunk { inode: f, index: 0, replace: None });
+    fs.ok(remove_op(d, "f", false));
+    let trash = fs.view().trash(b't', None, 10).unwrap();
+    assert_eq!(trash.len(), 1);
+    assert_eq!((trash[0].0, trash[0].1.path.as_slice()), (f, &b"dir/f"[..]));
+    assert_eq!(fs.view().getattr(f).unwrap_err(), Status::NotFound);
+    // Undelete recreates missing parents.
+    fs.ok(remove_op(ROOT, "dir", true));
+    fs.ok(OpBody::Undelete { inode: f });
+    let restored = fs.lookup(fs.lookup(ROOT, "dir").unwrap().inode, "f").unwrap();
+    assert_eq!(restored.inode, f);
+    assert_eq!(fs.view().file_chunks(f).unwrap().len(), 1, "data kept");
+    assert_eq!(fs.err(OpBody::Undelete { inode: f }), Status::NotFound);
+    // Purge frees at once; expiry frees when the time is up.
+    let d = fs.lookup(ROOT, "dir").unwrap().inode;
+    fs.ok(remove_op(d, "f", false));
+    fs.ok(OpBody::Purge { inode: f });
+    assert!(fs.view().inode(f).unwrap().is_none());
+    assert_eq!(fs.view().counter(COUNT_CHUNKS).unwrap(), 0);
+    let g = fs.file(d, "g");
+    fs.ok(remove_op(d, "g", false));
+    assert_eq!(fs.ok(OpBody::ExpireTrash { limit: 100 }), MetaReply::Freed(0));
+    fs.now += 86_400 + 10;
+    assert_eq!(fs.ok(OpBody::ExpireTrash { limit: 100 }), MetaReply::Freed(1));
+    assert!(fs.view().inode(g).unwrap().is_none());
+    assert!(fs.view().trash(b't', None, 10).unwrap().is_empty());
+}
+
+#[test]
+fn files_deleted_while_open_are_reserved_until_released() {
+    let mut fs = Fs::new();
+    fs.ok(OpBody::SetTrashTime { inode: ROOT, trash_time: TrashTime(0), recursive: false, creds: root() });
+    let MetaReply::Session(s) = fs.ok(OpBody::OpenSession { info: super::tests_support::session_info() }) else {
+        panic!()
+    };
+    let f = fs.file(ROOT, "f");
+    fs.ok(OpBody::Open { session: s, inode: f });
+    fs.ok(remove_op(ROOT, "f", false));
+    assert_eq!(fs.view().inode(f).unwrap().unwrap().state, InodeState::Reserved);
+    assert_eq!(fs.view().trash(b'r', None, 10).unwrap().len(), 1);
+    // Still writable through the open handle.
+    fs.ok(OpBody::WriteEnd { inode: f, size: 10 });
+    fs.ok(OpBody::Release { session: s, inode: f });
+    assert!(fs.view().inode(f).unwrap().is_none());
+    // Closing a session releases what it still had open.
+    let g = fs.file(ROOT, "g");
+    fs.ok(OpBody::Open { session: s, inode: g });
+    fs.ok(remove_op(ROOT, "g", false));
+    fs.ok(OpBody::CloseSession { session: s });
+    assert!(fs.view().inode(g).unwrap().is_none());
+    assert_eq!(fs.err(OpBody::Open { session: s, inode: ROOT }), Status::Stale);
+    // Without trash and not open: freed at once.
+    let h = fs.file(ROOT, "h");
+    fs.ok(remove_op(ROOT, "h", false));
+    assert!(fs.view().inode(h).unwrap().is_none());
+}
+
+#[test]
+fn snapshots_copy_trees_and_share_chunks() {
+    let mut fs = Fs::new();
+    let src = fs.mkdir(ROOT, "src");
+    let sub = fs.mkdir(src, "sub");
+    let f = fs.file(sub, "f");
+    fs.make(src, "link", FileKind::Symlink, 0, &root());
+    fs.ok(OpBody::AllocChunk { inode: f, index: 0, replace: None });
+    fs.ok(OpBody::SetXattr { inode: f, name: b"user.k".to_vec(), value: b"v".to_vec(), flags: 0, creds: root() });
+    let MetaReply::Attr(snap) = fs.ok(OpBody::Snapshot { src, parent: ROOT, name: n("snap"), creds: root() }) else {
+        panic!()
+    };
+    assert_eq!(fs.names(snap.inode), ["link", "sub"]);
+    assert_eq!(fs.attr(snap.inode).nlink, 3);
+    let sub2 = fs.lookup(snap.inode, "sub").unwrap().inode;
+    let f2 = fs.lookup(sub2, "f").unwrap().inode;
+    assert_ne!(f2, f);
+    let (c1, c2) = (fs.view().file_chunks(f).unwrap(), fs.view().file_chunks(f2).unwrap());
+    assert_eq!(c1, c2, "chunks are shared");
+    assert_eq!(fs.view().chunk(c1[0].1).unwrap().unwrap().refs, 2);
+    assert_eq!(fs.view().getxattr(f2, b"user.k").unwrap(), b"v");
+    // Copy-on-write: replacing the shared chunk in the source leaves the snapshot's alone.
+    let MetaReply::Chunk { chunk, copy_from, .. } =
+        fs.ok(OpBody::AllocChunk { inode: f, index: 0, replace: Some(c1[0].1) })
+    else {
+        panic!()
+    };
+    assert_ne!(chunk, c1[0].1);
+    assert_eq!(copy_from.unwrap().0, c1[0].1);
+    assert_eq!(fs.view().chunk(c1[0].1).unwrap().unwrap().refs, 1);
+    assert_eq!(fs.view().file_chunks(f2).unwrap(), c2);
+    // Errors: existing target, snapshot into itself.
+    assert_eq!(fs.err(OpBody::Snapshot { src, parent: ROOT, name: n("snap"), creds: root() }), Status::Exists);
+    assert_eq!(fs.err(OpBody::Snapshot { src, parent: sub, name: n("x"), creds: root() }), Status::Invalid);
+}
+
+#[test]
+fn chunk_allocation_is_idempotent_per_slot() {
+    let mut fs = Fs::new();
+    let f = fs.file(ROOT, "f");
+    let MetaReply::Chunk { chunk: a, version, .. } = fs.ok(OpBody::AllocChunk { inode: f, index: 0, replace: None })
+    else {
+        panic!()
+    };
+    assert_eq!(version, ChunkVersion(0));
+    let MetaReply::Chunk { chunk: b, .. } = fs.ok(OpBody::AllocChunk { inode: f, index: 0, replace: None }) else {
+        panic!()
+    };
+    assert_eq!(a, b, "a second allocation of the same slot returns the first chunk");
+    fs.ok(OpBody::SetChunkVersion { chunk: a, version: ChunkVersion(1) });
+    assert_eq!(fs.view().file_chunk(f, 0).unwrap().unwrap().1.version, ChunkVersion(1));
+    assert_eq!(fs.err(OpBody::SetChunkVersion { chunk: ChunkId(999), version: ChunkVersion(1) }), Status::NotFound);
+    let d = fs.mkdir(ROOT, "d");
+    assert_eq!(fs.err(OpBody::AllocChunk { inode: d, index: 0, replace: None }), Status::Invalid);
+}
+
+#[test]
+fn failed_operations_write_nothing() {
+    let mut fs = Fs::new();
+    let d = fs.mkdir(ROOT, "d");
+    fs.file(d, "x");
+    let before = fs.view().counter(COUNT_INODES).unwrap();
+    let next = fs.view().counter(NEXT_INODE).unwrap();
+    // Fails after allocating nothing; the rename fails after reading several records.
+    assert_eq!(fs.err(create_op(d, "x", FileKind::File, 0o644, &root())), Status::Exists);
+    assert_eq!(fs.err(rename_op(ROOT, "d", d, "inside")), Status::Invalid);
+    assert_eq!(fs.view().counter(COUNT_INODES).unwrap(), before);
+    assert_eq!(fs.view().counter(NEXT_INODE).unwrap(), next);
+    assert_eq!(fs.names(d), ["x"]);
+}

@@ -1,0 +1,13 @@
+//! One message enum per link. Each module documents its link's conversation.
+//!
+//! | link | module | port |
+//! |---|---|---|
+//! | master -> master (Raft) | [`peer`] | 9419 |
+
+pub mod peer;
+
+/// Decodes `payload` as each link's message enums (see [`crate::decode_every_message`]).
+pub(crate) fn decode_every_message(payload: &[u8]) {
+    let _ = crate::decode::<peer::PeerRequest<Vec<u8>, (u64, String), Option<Vec<u64>>>>(payload);
+    let _ = crate::decode::<peer::PeerResponse<Vec<u8>, (u64, String), Option<Vec<u64>>>>(payload);
+}

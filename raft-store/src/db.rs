@@ -1,0 +1,132 @@
+//! The one RocksDB instance of a master: the Raft log and vote, and the state machine.
+//!
+//! Column families: `raft_log` (index -> entry), `raft_state` (vote, committed, purged),
+//! `sm_meta` (last applied log id, membership, snapshot install marker) and the application's
+//! own. Everything shares one write-ahead log, so a write to the state machine that was not
+//! synced is still durable once a later log append is synced: recovery replays a prefix of
+//! the WAL, never a subset.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch,
+    WriteOptions, DB,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+pub const CF_LOG: &str = "raft_log";
+pub const CF_RAFT_STATE: &str = "raft_state";
+pub const CF_SM_META: &str = "sm_meta";
+
+/// Memory given to RocksDB's block cache, shared by every column family.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
+/// A RocksDB handle with the column families of this node.
+pub struct Db {
+    inner: DB,
+    app_cfs: Vec<String>,
+}
+
+impl Db {
+    /// Opens (or creates) the database with the Raft column families and `app_cfs`.
+    pub fn open(path: &Path, app_cfs: &[&str]) -> Result<Arc<Db>> {
+        for name in app_cfs {
+            if [CF_LOG, CF_RAFT_STATE, CF_SM_META].contains(name) {
+                return Err(Error::Config(format!("column family name {name:?} is reserved")));
+            }
+        }
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_bytes_per_sync(1 << 20);
+        opts.set_max_total_wal_size(256 << 20);
+        opts.set_keep_log_file_num(3);
+        opts.set_max_log_file_size(8 << 20);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let cf_opts = |write_buffer: usize, compress: bool| {
+            let mut o = Options::default();
+            let mut block = BlockBasedOptions::default();
+            block.set_block_cache(&cache);
+            o.set_block_based_table_factory(&block);
+            o.set_write_buffer_size(write_buffer);
+            o.set_compression_type(if compress { DBCompressionType::Lz4 } else { DBCompressionType::None });
+            o
+        };
+        let mut cfs = vec![
+            ColumnFamilyDescriptor::new(CF_LOG, cf_opts(64 << 20, false)),
+            ColumnFamilyDescriptor::new(CF_RAFT_STATE, cf_opts(1 << 20, false)),
+            ColumnFamilyDescriptor::new(CF_SM_META, cf_opts(1 << 20, false)),
+        ];
+        cfs.extend(app_cfs.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_opts(32 << 20, true))));
+        let inner = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Arc::new(Db { inner, app_cfs: app_cfs.iter().map(|s| s.to_string()).collect() }))
+    }
+
+    /// The application's column families, in the order they were declared.
+    pub fn app_cfs(&self) -> &[String] {
+        &self.app_cfs
+    }
+
+    pub fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        self.inner.cf_handle(name).ok_or_else(|| Error::Storage(format!("no column family {name:?}")))
+    }
+
+    pub fn raw(&self) -> &DB {
+        &self.inner
+    }
+
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.get_cf(self.cf(cf)?, key)?)
+    }
+
+    /// Reads and decodes a value stored with [`Db::encode_value`].
+    pub fn get_value<T: DeserializeOwned>(&self, cf: &str, key: &[u8]) -> Result<Option<T>> {
+        match self.get(cf, key)? {
+            None => Ok(None),
+            Some(bytes) => decode_value(&bytes).map(Some),
+        }
+    }
+
+    /// Writes a batch; `sync` makes it durable before returning.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        Ok(self.inner.write_opt(batch, &wo)?)
+    }
+
+    /// Makes every write so far durable (one fsync of the WAL).
+    pub fn sync_wal(&self) -> Result<()> {
+        Ok(self.inner.flush_wal(true)?)
+    }
+
+    /// Deletes every key of a column family (used before a snapshot is loaded).
+    pub fn clear_cf(&self, batch: &mut WriteBatch, name: &str) -> Result<()> {
+        let cf = self.cf(name)?;
+        let mut it = self.inner.raw_iterator_cf(cf);
+        it.seek_to_first();
+        let Some(first) = it.key().map(|k| k.to_vec()) else {
+            return Ok(it.status()?);
+        };
+        it.seek_to_last();
+        let last = it.key().map(|k| k.to_vec()).unwrap_or_else(|| first.clone());
+        it.status()?;
+        batch.delete_range_cf(cf, &first, &last);
+        batch.delete_cf(cf, &last);
+        Ok(())
+    }
+}
+
+/// Encodes a value for storage (the same bincode as the wire).
+pub fn encode_value<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    alces_proto::encode(v)
+}
+
+/// Decodes a stored value; a value that does not decode is a storage error, never a panic.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    alces_proto::decode(bytes).map_err(|e| Error::Storage(format!("corrupt stored value: {e}")))
+}

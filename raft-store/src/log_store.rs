@@ -1,0 +1,233 @@
+//! The Raft log on RocksDB, with group commit.
+//!
+//! `append` writes entries to RocksDB without syncing and hands the completion callback to the
+//! flusher thread. The flusher takes every callback that is waiting, syncs the WAL once, and
+//! completes them all in order: however many appends arrive while one fsync runs, they share
+//! the next one. An entry is reported persisted (and so can be acknowledged to a leader or
+//! counted for commit) only after the fsync that covers it.
+
+// openraft's StorageError is large; it is what the trait methods must return anyway.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+use rocksdb::WriteBatch;
+
+use crate::db::{decode_value, encode_value, Db, CF_LOG, CF_RAFT_STATE};
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_PURGED: &[u8] = b"last_purged";
+
+pub(crate) fn storage_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+/// Counters of the log's disk work, for metrics and the benchmark.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub appends: AtomicU64,
+    pub entries: AtomicU64,
+    pub fsyncs: AtomicU64,
+}
+
+/// The Raft log storage of one node. Cheap to clone (the log reader is a clone).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Db>,
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    stats: Arc<LogStats>,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl LogStore {
+    pub fn new(db: Arc<Db>) -> Self {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let stats = Arc::new(LogStats::default());
+        let (fdb, fstats) = (db.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name("raft-log-flusher".into())
+            .spawn(move || {
+                // Ends when every LogStore clone (and so every sender) is dropped.
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let res = fdb.sync_wal();
+                    fstats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = &res {
+                        tracing::error!(error = %e, "syncing the Raft log failed");
+                    }
+                    for cb in waiting {
+                        cb.log_io_completed(res.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+                    }
+                }
+            })
+            .expect("spawning the log flusher thread");
+        LogStore { db, flusher: tx, stats }
+    }
+
+    pub fn stats(&self) -> Arc<LogStats> {
+        self.stats.clone()
+    }
+
+    fn get_state<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<Option<T>, StorageError> {
+        self.db.get_value(CF_RAFT_STATE, key).map_err(|e| storage_error(subject, ErrorVerb::Read, e))
+    }
+
+    fn put_state<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        sync: bool,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let cf = self.db.cf(CF_RAFT_STATE).map_err(|e| storage_error(subject.clone(), ErrorVerb::Write, e))?;
+        batch.put_cf(cf, key, encode_value(value));
+        self.db.write(batch, sync).map_err(|e| storage_error(subject, ErrorVerb::Write, e))
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        let read_err = |e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let cf = self.db.cf(CF_LOG).map_err(read_err)?;
+        let mut it = self.db.raw().raw_iterator_cf(cf);
+        it.seek_to_last();
+        match it.value() {
+            Some(v) => Ok(Some(decode_value::<Entry>(v).map_err(read_err)?.log_id)),
+            None => {
+                it.status().map_err(|e| read_err(e.into()))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Deletes log entries with index in `[from, to)` (a range delete, then a synced WAL).
+    fn delete_range(&self, from: u64, to: u64, extra: Option<(&[u8], Vec<u8>)>) -> Result<(), StorageError> {
+        let write_err = |e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.db.cf(CF_LOG).map_err(write_err)?, index_key(from), index_key(to));
+        if let Some((k, v)) = extra {
+            batch.put_cf(self.db.cf(CF_RAFT_STATE).map_err(write_err)?, k, v);
+        }
+        self.db.write(batch, true).map_err(write_err)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let read_err = |e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let cf = self.db.cf(CF_LOG).map_err(read_err)?;
+        let mut it = self.db.raw().raw_iterator_cf(cf);
+        it.seek(index_key(start));
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let index = u64::from_be_bytes(
+                k.try_into().map_err(|_| read_err(crate::Error::Storage(format!("log key of {} bytes", k.len()))))?,
+            );
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: Entry = decode_value(v).map_err(read_err)?;
+            if entry.log_id.index != index {
+                return Err(read_err(crate::Error::Storage(format!(
+                    "log entry stored at {index} says {}",
+                    entry.log_id.index
+                ))));
+            }
+            out.push(entry);
+            it.next();
+        }
+        it.status().map_err(|e| read_err(e.into()))?;
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.get_state(KEY_PURGED, ErrorSubject::Logs)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        // A vote must be on disk before this node acts on it (grants it, or campaigns).
+        self.put_state(KEY_VOTE, vote, true, ErrorSubject::Vote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_state(KEY_VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: a stale value only means applying a little less at the next start.
+        self.put_state(KEY_COMMITTED, &committed, false, ErrorSubject::Store)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_state::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let write_err = |e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, e);
+        let cf = self.db.cf(CF_LOG).map_err(write_err)?;
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for entry in entries {
+            batch.put_cf(cf, index_key(entry.log_id.index), encode_value(&entry));
+            n += 1;
+        }
+        self.db.write(batch, false).map_err(write_err)?;
+        self.stats.appends.fetch_add(1, Ordering::Relaxed);
+        self.stats.entries.fetch_add(n, Ordering::Relaxed);
+        self.flusher
+            .send(callback)
+            .map_err(|_| write_err(crate::Error::Stopped("log flusher thread is gone".into())))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(from = log_id.index, "truncating the Raft log");
+        self.delete_range(log_id.index, u64::MAX, None)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(upto = log_id.index, "purging the Raft log");
+        self.delete_range(0, log_id.index + 1, Some((KEY_PURGED, encode_value(&log_id))))
+    }
+}

@@ -1,0 +1,242 @@
+//! The Raft peer network: TCP connections between masters carrying [`PeerRequest`] frames.
+//!
+//! Dialing side: one small pool of authenticated connections per target; a call takes an idle
+//! connection (or dials and proves the cluster secret), sends one request, waits for its
+//! answer, and returns the connection to the pool. Listening side: every accepted connection
+//! must prove the cluster secret before any request is read; a bad frame closes that
+//! connection with a logged error and nothing else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alces_proto::link::peer::{PeerRequest, PeerResponse};
+use alces_proto::{Connection, FrameError, Handshake};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::types::{Member, NodeId, Raft, TypeConfig};
+
+/// Peer frames carry up to `max_payload_entries` log entries or one snapshot chunk.
+pub const PEER_MAX_FRAME: usize = 64 << 20;
+const IDLE_PER_TARGET: usize = 4;
+const MAX_PEER_CONNECTIONS: usize = 256;
+
+pub(crate) type Request =
+    PeerRequest<AppendEntriesRequest<TypeConfig>, VoteRequest<NodeId>, InstallSnapshotRequest<TypeConfig>>;
+pub(crate) type Response = PeerResponse<
+    Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>,
+    Result<VoteResponse<NodeId>, RaftError<NodeId>>,
+    Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+>;
+
+/// Idle authenticated connections, per target address.
+#[derive(Default)]
+struct Pools {
+    idle: Mutex<HashMap<String, Vec<Connection>>>,
+}
+
+/// Creates a [`PeerClient`] per target; shared by every replication stream of a node.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    handshake: Handshake,
+    pools: Arc<Pools>,
+}
+
+impl PeerNetwork {
+    pub fn new(handshake: Handshake) -> Self {
+        PeerNetwork { handshake, pools: Arc::default() }
+    }
+
+    /// Sends one request to `addr` and returns the answer.
+    pub(crate) async fn call(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Response, CallError> {
+        let pooled = self.pools.idle.lock().expect("pool lock").get_mut(addr).and_then(Vec::pop);
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let mut c = Connection::connect(addr, PEER_MAX_FRAME, timeout).await.map_err(CallError::Connect)?;
+                self.handshake.dial(&mut c).await.map_err(|e| CallError::Handshake(e.to_string()))?;
+                c
+            }
+        };
+        let resp: Response = conn.call(req, timeout).await.map_err(CallError::Io)?;
+        let mut pools = self.pools.idle.lock().expect("pool lock");
+        let idle = pools.entry(addr.to_string()).or_default();
+        if idle.len() < IDLE_PER_TARGET {
+            idle.push(conn);
+        }
+        Ok(resp)
+    }
+
+    /// Asks the member at `addr` to start an election now (leadership transfer).
+    pub async fn trigger_election(&self, addr: &str) -> Result<(), CallError> {
+        match self.call(addr, &PeerRequest::TriggerElection, Duration::from_secs(5)).await? {
+            PeerResponse::ElectionTriggered => Ok(()),
+            PeerResponse::Failed(why) => Err(CallError::Remote(why)),
+            _ => Err(CallError::Remote("unexpected answer".into())),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot connect: {0}")]
+    Connect(FrameError),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("{0}")]
+    Io(FrameError),
+    #[error("peer failed: {0}")]
+    Remote(String),
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        PeerClient { net: self.clone(), target, node: node.clone() }
+    }
+}
+
+/// The dialing side towards one member.
+pub struct PeerClient {
+    net: PeerNetwork,
+    target: NodeId,
+    node: Member,
+}
+
+impl PeerClient {
+    async fn rpc<E: std::error::Error>(
+        &self,
+        req: Request,
+        option: &RPCOption,
+    ) -> Result<Response, RPCError<NodeId, Member, E>> {
+        self.net.call(&self.node.raft_addr, &req, option.hard_ttl()).await.map_err(|e| match e {
+            CallError::Io(FrameError::Io(_) | FrameError::Closed | FrameError::Truncated) => {
+                RPCError::Network(NetworkError::new(&e))
+            }
+            _ => RPCError::Unreachable(Unreachable::new(&e)),
+        })
+    }
+
+    fn unexpected<E: std::error::Error>(&self, resp: Response) -> RPCError<NodeId, Member, E> {
+        let why = match resp {
+            PeerResponse::Failed(why) => why,
+            _ => "answer does not match the request".to_string(),
+        };
+        RPCError::Network(NetworkError::new(&CallError::Remote(why)))
+    }
+
+    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<NodeId, Member, E> {
+        RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        match self.rpc(PeerRequest::AppendEntries(rpc), &option).await? {
+            PeerResponse::AppendEntries(r) => r.map_err(|e| self.remote(e)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        match self.rpc(PeerRequest::InstallSnapshot(rpc), &option).await? {
+            PeerResponse::InstallSnapshot(r) => r.map_err(|e| self.remote(e)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        match self.rpc(PeerRequest::Vote(rpc), &option).await? {
+            PeerResponse::Vote(r) => r.map_err(|e| self.remote(e)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+}
+
+/// Accepts peer connections until `stop` is cancelled.
+pub(crate) async fn serve(listener: TcpListener, raft: Raft, handshake: Handshake, stop: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a peer connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %addr, "too many peer connections; refusing one");
+            continue;
+        };
+        let (raft, handshake, stop) = (raft.clone(), handshake.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = serve_connection(stream, addr, raft, handshake) => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, addr: SocketAddr, raft: Raft, handshake: Handshake) {
+    let mut conn = match Connection::new(stream, PEER_MAX_FRAME) {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(peer = %addr, error = %e, "peer connection unusable"),
+    };
+    let name = match handshake.accept(&mut conn).await {
+        Ok(name) => name,
+        Err(e) => return tracing::warn!(peer = %addr, error = %e, "refused a peer connection"),
+    };
+    tracing::debug!(peer = %addr, name, "peer connected");
+    loop {
+        let req: Request = match conn.recv().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) if e.is_disconnect() => return,
+            Err(e) => return tracing::warn!(peer = %addr, error = %e, "closing peer connection after a bad frame"),
+        };
+        let resp: Response = match req {
+            PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
+            PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
+            PeerRequest::InstallSnapshot(r) => PeerResponse::InstallSnapshot(raft.install_snapshot(r).await),
+            PeerRequest::TriggerElection => match raft.trigger().elect().await {
+                Ok(()) => PeerResponse::ElectionTriggered,
+                Err(e) => PeerResponse::Failed(e.to_string()),
+            },
+        };
+        if let Err(e) = conn.send(&resp).await {
+            if !e.is_disconnect() {
+                tracing::warn!(peer = %addr, error = %e, "cannot answer a peer");
+            }
+            return;
+        }
+    }
+}
