@@ -1,1 +1,5 @@
-//! alces-client
+//! The Alces client: the session with the metadata cluster, the data path to chunkservers,
+//! the FUSE file system, the meta (trash) file system and the user tools.
+#![deny(unsafe_code)]
+
+pub mod master_link;

@@ -1,5 +1,12 @@
 //! The Alces master: the namespace state machine replicated by Raft, the services clients and
-//! chunkservers talk to, chunk placement and exports. Binary: `alces-master`.
+//! chunkservers talk to, chunk placement and write leases, exports. Binary: `alces-master`.
 #![deny(unsafe_code)]
 
+pub mod admin;
+pub mod chunks;
+pub mod config;
+pub mod exports;
+pub mod master;
 pub mod namespace;
+pub mod service;
+pub mod topology;

@@ -233,6 +233,21 @@ pub(crate) fn decode_every_message(payload: &[u8]) {
     let _ = crate::decode::<Proof>(payload);
 }
 
+/// The key an export password is checked with: its MD5, which is also what `md5pass=` in
+/// the exports file holds, so the clear password need not be stored.
+pub fn password_key(password: &str) -> [u8; 16] {
+    use md5::Digest;
+    md5::Md5::digest(password.as_bytes()).into()
+}
+
+/// A session's proof that it knows an export password: `HMAC-SHA256(key, nonce)`, with the
+/// nonce the master sent for this connection (so a recorded proof is useless elsewhere).
+pub fn password_proof(key: &[u8; 16], nonce: &[u8; 32]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(nonce);
+    mac.finalize().into_bytes().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ pub mod types;
 
 pub use codec::{decode, encode, DecodeError};
 pub use frame::{Connection, FrameError, DEFAULT_MAX_FRAME};
-pub use handshake::{Handshake, HandshakeError, LinkKind, Secret, PROTOCOL_VERSION};
+pub use handshake::{password_key, password_proof, Handshake, HandshakeError, LinkKind, Secret, PROTOCOL_VERSION};
 pub use status::Status;
 
 /// Decodes `payload` as every message type of every link and drops the results: the fuzz

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+pub use rocksdb::IteratorMode;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch,
     WriteOptions, DB,

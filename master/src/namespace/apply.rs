@@ -858,6 +858,9 @@ fn expire_trash(t: &mut Txn<'_, '_>, now: Timestamp, limit: u32) -> Res<MetaRepl
 
 fn close_session(t: &mut Txn<'_, '_>, s: SessionId) -> Res<MetaReply> {
     t.delete(CF_SESSIONS, &session(s));
+    for (k, _) in t.scan(CF_SESSIONS, &tagged(b'q', s.0))? {
+        t.delete(CF_SESSIONS, &k);
+    }
     for (k, _) in t.scan(CF_SESSIONS, &tagged(b'o', s.0))? {
         let ino = Inode(pair_second(&k).ok_or(Status::Io)?);
         t.delete(CF_SESSIONS, &k);

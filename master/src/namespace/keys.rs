@@ -99,6 +99,11 @@ pub fn open_by_inode(ino: Inode, s: SessionId) -> [u8; 17] {
     pair(b'O', ino.0, s.0)
 }
 
+/// `q ++ session ++ request`: the recorded reply of a session's request.
+pub fn request_reply(s: SessionId, request: u64) -> [u8; 17] {
+    pair(b'q', s.0, request)
+}
+
 pub fn tagged(tag: u8, n: u64) -> [u8; 9] {
     let mut k = [tag; 9];
     k[1..].copy_from_slice(&n.to_be_bytes());

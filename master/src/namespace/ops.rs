@@ -25,7 +25,19 @@ pub const XATTR_REPLACE: u32 = 2;
 pub struct MetaOp {
     /// The leader's clock when it proposed the operation.
     pub now: Timestamp,
+    /// The client request this operation carries out, for exactly-once retries.
+    pub origin: Option<Origin>,
     pub body: OpBody,
+}
+
+/// Which session request an operation comes from. The reply is recorded under
+/// `(session, request)`; the same request applied again returns the recorded reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub session: SessionId,
+    pub request: u64,
+    /// Replies of this session's requests below this id may be dropped.
+    pub low_water: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -33,13 +33,7 @@ impl<'a> View<'a> {
         self.db.get_value(cf, key).map_err(store)
     }
 
-    fn scan(
-        &self,
-        cf: &str,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, Status> {
+    fn scan(&self, cf: &str, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, Status> {
         let mut it = self.db.raw().raw_iterator_cf(self.db.cf(cf).map_err(store)?);
         match after {
             Some(a) => {

@@ -44,7 +44,13 @@ impl Fs {
     fn apply(&mut self, body: OpBody) -> MetaReply {
         self.index += 1;
         self.now += 1;
-        apply_local(&self.db, &Namespace, self.index, MetaOp { now: Timestamp::from_secs(self.now), body }).unwrap()
+        apply_local(
+            &self.db,
+            &Namespace,
+            self.index,
+            MetaOp { now: Timestamp::from_secs(self.now), origin: None, body },
+        )
+        .unwrap()
     }
 
     fn ok(&mut self, body: OpBody) -> MetaReply {
@@ -613,4 +619,39 @@ fn failed_operations_write_nothing() {
     assert_eq!(fs.view().counter(COUNT_INODES).unwrap(), before);
     assert_eq!(fs.view().counter(NEXT_INODE).unwrap(), next);
     assert_eq!(fs.names(d), ["x"]);
+}
+
+#[test]
+fn a_retried_request_returns_the_recorded_reply_once_applied() {
+    let mut fs = Fs::new();
+    let MetaReply::Session(s) = fs.ok(OpBody::OpenSession { info: super::tests_support::session_info() }) else {
+        panic!()
+    };
+    let send = |fs: &mut Fs, request: u64, low_water: u64, body: OpBody| {
+        fs.index += 1;
+        let origin = Some(Origin { session: s, request, low_water });
+        apply_local(&fs.db, &Namespace, fs.index, MetaOp { now: Timestamp::from_secs(fs.now), origin, body }).unwrap()
+    };
+    let create = create_op(ROOT, "once", FileKind::File, 0o644, &root());
+    let first = send(&mut fs, 5, 0, create.clone());
+    let MetaReply::Attr(a) = &first else { panic!("{first:?}") };
+    // The same request again (its reply was lost): same reply, not EEXIST, nothing created twice.
+    assert_eq!(send(&mut fs, 5, 0, create.clone()), first);
+    assert_eq!(fs.names(ROOT), ["once"]);
+    // A new request with the same content is a new operation.
+    assert_eq!(send(&mut fs, 6, 0, create), MetaReply::Err(Status::Exists));
+    // Records below the low-water mark are dropped; closing the session drops the rest.
+    send(&mut fs, 7, 7, OpBody::Remove { parent: ROOT, name: n("once"), dir: false, creds: root() });
+    let keys: Vec<_> =
+        fs.db.raw().iterator_cf(fs.db.cf(CF_SESSIONS).unwrap(), rocksdb_mode()).map(|kv| kv.unwrap().0[0]).collect();
+    assert_eq!(keys.iter().filter(|&&k| k == b'q').count(), 1, "only request 7 is still recorded");
+    fs.ok(OpBody::CloseSession { session: s });
+    let keys: Vec<_> =
+        fs.db.raw().iterator_cf(fs.db.cf(CF_SESSIONS).unwrap(), rocksdb_mode()).map(|kv| kv.unwrap().0[0]).collect();
+    assert!(keys.is_empty(), "{keys:?}");
+    assert_eq!(fs.view().inode(a.inode).unwrap().map(|r| r.state), Some(InodeState::Trash));
+}
+
+fn rocksdb_mode() -> alces_raft_store::db::IteratorMode<'static> {
+    alces_raft_store::db::IteratorMode::Start
 }

@@ -1,0 +1,388 @@
+//! The session with the metadata cluster: the peer list, finding the leader, registering,
+//! many requests in flight on one connection, and transparent retry across failovers.
+//!
+//! A request that fails because the master went away, is not the leader, or cannot serve
+//! right now is sent again (to the leader, once found) with the same request id, for up to
+//! [`Options::retry_for`]; the master answers a change it already made with the recorded
+//! reply, so retries never apply an operation twice. File system errors (`ENOENT`...) are
+//! returned at once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use alces_proto::link::client_master::{
+    ClientError, ClientReply, ClientRequest, Register, Reply, Request, SessionView,
+};
+use alces_proto::types::{Creds, SessionId};
+use alces_proto::{Connection, Handshake, LinkKind, Status};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::time::Instant;
+
+/// How to reach and register with the cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `host:port` of every master (the client port, 9421).
+    pub masters: Vec<String>,
+    /// Exported path to mount.
+    pub path: String,
+    pub meta: bool,
+    pub password: Option<String>,
+    /// Host and mount point, shown by the monitor.
+    pub client_name: String,
+    /// How long a request keeps being retried through failovers before it fails.
+    pub retry_for: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Options {
+    pub fn new(masters: Vec<String>) -> Self {
+        Options {
+            masters,
+            path: "/".into(),
+            meta: false,
+            password: None,
+            client_name: String::new(),
+            retry_for: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a call failed for good.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("{0}")]
+    Status(Status),
+    #[error("access refused: {0}")]
+    Refused(String),
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl CallError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            CallError::Status(s) => s.errno(),
+            CallError::Refused(_) => libc::EACCES,
+            CallError::Unavailable(_) => libc::EIO,
+        }
+    }
+}
+
+type Pending = Arc<StdMutex<HashMap<u64, oneshot::Sender<Result<ClientReply, ClientError>>>>>;
+
+/// One live connection to a master.
+struct Link {
+    tx: mpsc::UnboundedSender<Request>,
+    pending: Pending,
+    addr: String,
+    /// Bumped when the link is replaced, so a failure seen on an old link is not blamed on
+    /// the new one.
+    generation: u64,
+}
+
+struct State {
+    link: Option<Arc<Link>>,
+    /// Where the last `NotLeader` said the leader is.
+    leader_hint: Option<String>,
+    session: Option<SessionView>,
+    generation: u64,
+    next_peer: usize,
+}
+
+/// A registered session; cheap to clone.
+#[derive(Clone)]
+pub struct MasterClient {
+    opts: Arc<Options>,
+    state: Arc<Mutex<State>>,
+    next_id: Arc<AtomicU64>,
+    in_flight: Arc<StdMutex<BTreeSet<u64>>>,
+}
+
+/// A transient failure: try again (maybe elsewhere).
+enum Retry {
+    /// The link broke or the master is not the leader: replace the link.
+    Reconnect(Option<String>),
+    /// The master cannot serve now: wait a little.
+    Later(String),
+    /// The session is gone on the master: register a new one.
+    NewSession,
+    /// Registration refused (no export matches, wrong password): not transient.
+    Refused(String),
+}
+
+impl MasterClient {
+    /// Connects to the leader and registers a session.
+    pub async fn connect(opts: Options) -> Result<MasterClient, CallError> {
+        if opts.masters.is_empty() {
+            return Err(CallError::Unavailable("no master address given".into()));
+        }
+        let c = MasterClient {
+            opts: Arc::new(opts),
+            state: Arc::new(Mutex::new(State {
+                link: None,
+                leader_hint: None,
+                session: None,
+                generation: 0,
+                next_peer: 0,
+            })),
+            next_id: Arc::new(AtomicU64::new(1)),
+            in_flight: Arc::default(),
+        };
+        let deadline = Instant::now() + c.opts.retry_for;
+        loop {
+            match c.link().await {
+                Ok(_) => return Ok(c),
+                Err(CallError::Unavailable(why)) if Instant::now() < deadline => {
+                    tracing::debug!(%why, "no session yet");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The session as registered.
+    pub async fn session(&self) -> Option<SessionView> {
+        self.state.lock().await.session.clone()
+    }
+
+    /// The address of the master currently used.
+    pub async fn current_master(&self) -> Option<String> {
+        self.state.lock().await.link.as_ref().map(|l| l.addr.clone())
+    }
+
+    /// Sends a request and returns its reply, retrying through failovers.
+    pub async fn call(&self, creds: &Creds, body: ClientRequest) -> Result<ClientReply, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.lock().expect("in-flight lock").insert(id);
+        let res = self.call_with_id(id, creds, body).await;
+        self.in_flight.lock().expect("in-flight lock").remove(&id);
+        res
+    }
+
+    fn low_water(&self, id: u64) -> u64 {
+        self.in_flight.lock().expect("in-flight lock").iter().next().copied().unwrap_or(id)
+    }
+
+    async fn call_with_id(&self, id: u64, creds: &Creds, body: ClientRequest) -> Result<ClientReply, CallError> {
+        let deadline = Instant::now() + self.opts.retry_for;
+        let mut last = String::new();
+        loop {
+            if Instant::now() >= deadline {
+                return Err(CallError::Unavailable(format!("gave up after {:?}: {last}", self.opts.retry_for)));
+            }
+            let link = match self.link().await {
+                Ok(l) => l,
+                Err(CallError::Unavailable(why)) => {
+                    last = why;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let req = Request { id, low_water: self.low_water(id), creds: creds.clone(), body: body.clone() };
+            let retry = match self.send(&link, req).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) => match e {
+                    ClientError::Status(s) => return Err(CallError::Status(s)),
+                    ClientError::Refused(why) => return Err(CallError::Refused(why)),
+                    ClientError::NotLeader { leader_addr, .. } => Retry::Reconnect(leader_addr),
+                    ClientError::Unavailable(why) => Retry::Later(why),
+                    ClientError::NoSession => Retry::Reconnect(None),
+                    ClientError::UnknownSession(_) => Retry::NewSession,
+                },
+                Err(why) => {
+                    last = why;
+                    Retry::Reconnect(None)
+                }
+            };
+            match retry {
+                Retry::Reconnect(hint) => {
+                    if hint.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    self.drop_link(link.generation, hint).await;
+                }
+                Retry::Later(why) => {
+                    last = why;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Retry::NewSession => {
+                    tracing::warn!("the master no longer knows this session; registering a new one");
+                    let mut st = self.state.lock().await;
+                    st.session = None;
+                    st.link = None;
+                }
+                Retry::Refused(why) => return Err(CallError::Refused(why)),
+            }
+        }
+    }
+
+    async fn send(&self, link: &Link, req: Request) -> Result<Result<ClientReply, ClientError>, String> {
+        let (tx, rx) = oneshot::channel();
+        let id = req.id;
+        link.pending.lock().expect("pending lock").insert(id, tx);
+        if link.tx.send(req).is_err() {
+            link.pending.lock().expect("pending lock").remove(&id);
+            return Err(format!("connection to {} closed", link.addr));
+        }
+        rx.await.map_err(|_| format!("connection to {} lost", link.addr))
+    }
+
+    async fn drop_link(&self, generation: u64, hint: Option<String>) {
+        let mut st = self.state.lock().await;
+        if st.link.as_ref().is_some_and(|l| l.generation == generation) {
+            st.link = None;
+        }
+        if hint.is_some() {
+            st.leader_hint = hint;
+        }
+    }
+
+    /// The current link, connecting and registering if there is none.
+    async fn link(&self) -> Result<Arc<Link>, CallError> {
+        let mut st = self.state.lock().await;
+        if let Some(l) = &st.link {
+            if !l.tx.is_closed() {
+                return Ok(l.clone());
+            }
+        }
+        let addr = match st.leader_hint.take() {
+            Some(a) => a,
+            None => {
+                let a = self.opts.masters[st.next_peer % self.opts.masters.len()].clone();
+                st.next_peer += 1;
+                a
+            }
+        };
+        st.generation += 1;
+        let generation = st.generation;
+        let link = Arc::new(self.open(&addr, generation).await.map_err(CallError::Unavailable)?);
+        match self.register(&link, st.session.as_ref().map(|s| s.session)).await {
+            Ok(view) => {
+                if st.session.as_ref().is_some_and(|s| s.session != view.session) {
+                    tracing::warn!(old = %st.session.as_ref().unwrap().session, new = %view.session, "session replaced");
+                }
+                tracing::info!(master = %addr, session = %view.session, "registered with the leader");
+                st.session = Some(view);
+                st.link = Some(link.clone());
+                Ok(link)
+            }
+            Err(Retry::Reconnect(hint)) => {
+                st.leader_hint = hint;
+                Err(CallError::Unavailable(format!("{addr} is not the leader")))
+            }
+            Err(Retry::Later(why)) => Err(CallError::Unavailable(why)),
+            Err(Retry::NewSession) => {
+                st.session = None;
+                Err(CallError::Unavailable("session expired; registering again".into()))
+            }
+            Err(Retry::Refused(why)) => Err(CallError::Refused(why)),
+        }
+    }
+
+    /// Connects and starts the reader and writer tasks.
+    async fn open(&self, addr: &str, generation: u64) -> Result<Link, String> {
+        let mut conn = Connection::connect(addr, alces_proto::DEFAULT_MAX_FRAME, self.opts.connect_timeout)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        Handshake::new(LinkKind::ClientMaster, &self.opts.client_name, None)
+            .dial(&mut conn)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let (mut reader, mut writer) = conn.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Request>();
+        let pending: Pending = Arc::default();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                if writer.feed(&first).await.is_err() {
+                    return;
+                }
+                while let Ok(more) = rx.try_recv() {
+                    if writer.feed(&more).await.is_err() {
+                        return;
+                    }
+                }
+                if writer.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let p = pending.clone();
+        let master = addr.to_string();
+        tokio::spawn(async move {
+            loop {
+                match reader.recv::<Reply>().await {
+                    Ok(Some(reply)) => {
+                        if let Some(tx) = p.lock().expect("pending lock").remove(&reply.id) {
+                            let _ = tx.send(reply.body);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        if !e.is_disconnect() {
+                            tracing::warn!(%master, error = %e, "bad frame from master");
+                        }
+                        break;
+                    }
+                }
+            }
+            // Dropping the senders fails every waiting call, which then retries.
+            p.lock().expect("pending lock").clear();
+        });
+        Ok(Link { tx, pending, addr: addr.to_string(), generation })
+    }
+
+    async fn register(&self, link: &Link, session: Option<SessionId>) -> Result<SessionView, Retry> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let root = Creds::root();
+        let classify = |e: ClientError| match e {
+            ClientError::NotLeader { leader_addr, .. } => Retry::Reconnect(leader_addr),
+            ClientError::UnknownSession(_) => Retry::NewSession,
+            other => Retry::Later(other.to_string()),
+        };
+        let password_proof = match &self.opts.password {
+            Some(pw) => {
+                let req = Request { id, low_water: id, creds: root.clone(), body: ClientRequest::Challenge };
+                match self.send(link, req).await.map_err(|e| Retry::Reconnect(None).with(e))? {
+                    Ok(ClientReply::Challenge(nonce)) => {
+                        Some(alces_proto::password_proof(&alces_proto::password_key(pw), &nonce))
+                    }
+                    Ok(_) => return Err(Retry::Later("unexpected answer to Challenge".into())),
+                    Err(e) => return Err(classify(e)),
+                }
+            }
+            None => None,
+        };
+        let reg = Register {
+            session,
+            path: self.opts.path.clone(),
+            meta: self.opts.meta,
+            password_proof,
+            client_name: self.opts.client_name.clone(),
+        };
+        let req = Request { id, low_water: id, creds: root, body: ClientRequest::Register(reg) };
+        match self.send(link, req).await {
+            Ok(Ok(ClientReply::Registered(view))) => Ok(view),
+            Ok(Ok(_)) => Err(Retry::Later("unexpected answer to Register".into())),
+            Ok(Err(ClientError::Refused(why))) => Err(Retry::Refused(why)),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(e) => Err(Retry::Reconnect(None).with(e)),
+        }
+    }
+
+    /// Ends the session (files it holds open are released).
+    pub async fn close(&self) {
+        let _ = self.call(&Creds::root(), ClientRequest::CloseSession).await;
+    }
+}
+
+impl Retry {
+    fn with(self, why: String) -> Retry {
+        tracing::debug!(%why, "master link failed");
+        self
+    }
+}

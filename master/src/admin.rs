@@ -1,0 +1,310 @@
+//! The master's side of the admin API (`alces_ops::api`): the cluster view every master
+//! answers, membership changes, leadership transfer, snapshots and Prometheus metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alces_ops::api::{
+    AddMember, AdminBackend, AdminError, ChunkserverView, ClusterView, CopiesCount, DiskView, MemberView,
+    SessionSummary,
+};
+use alces_proto::types::ChunkId;
+use alces_raft_store::{Member, Role};
+use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::master::Master;
+use crate::namespace::keys::{COUNT_CHUNKS, COUNT_INODES};
+
+/// How long a computed chunk-copies table is reused (it scans every chunk).
+const COPIES_TTL: Duration = Duration::from_secs(5);
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Learner => "learner",
+        Role::Candidate => "candidate",
+    }
+}
+
+/// Gauges exported at `/metrics`, refreshed on every scrape.
+pub struct Metrics {
+    registry: Registry,
+    term: IntGauge,
+    leader: IntGauge,
+    applied: IntGauge,
+    last_log: IntGauge,
+    apply_lag: IntGauge,
+    log_fsyncs: IntGauge,
+    log_entries: IntGauge,
+    inodes: IntGauge,
+    chunks: IntGauge,
+    chunk_copies: IntGaugeVec,
+    chunkservers: IntGaugeVec,
+    cs_bytes: IntGaugeVec,
+    cs_errors: IntGaugeVec,
+    sessions: IntGauge,
+    leases: IntGauge,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        Metrics {
+            term: gauge(&r, "alces_master_raft_term", "Current Raft term"),
+            leader: gauge(&r, "alces_master_raft_is_leader", "1 when this master leads"),
+            applied: gauge(&r, "alces_master_raft_applied_index", "Last log index applied to the namespace"),
+            last_log: gauge(&r, "alces_master_raft_last_log_index", "Last log index stored"),
+            apply_lag: gauge(&r, "alces_master_raft_apply_lag_entries", "Stored but not yet applied log entries"),
+            log_fsyncs: gauge(&r, "alces_master_raft_log_fsyncs_total", "Syncs of the Raft log since start"),
+            log_entries: gauge(&r, "alces_master_raft_log_entries_total", "Log entries written since start"),
+            inodes: gauge(&r, "alces_master_namespace_inodes", "Inodes in the namespace"),
+            chunks: gauge(&r, "alces_master_namespace_chunks", "Chunks in the namespace"),
+            chunk_copies: gauge_vec(
+                &r,
+                "alces_master_chunks_by_copies",
+                "Chunks by goal and valid copies",
+                &["goal", "valid"],
+            ),
+            chunkservers: gauge_vec(&r, "alces_master_chunkservers", "Chunkservers by state", &["state"]),
+            cs_bytes: gauge_vec(&r, "alces_master_chunkserver_bytes", "Chunkserver space", &["chunkserver", "kind"]),
+            cs_errors: gauge_vec(
+                &r,
+                "alces_master_chunkserver_crc_errors",
+                "CRC errors a chunkserver found",
+                &["chunkserver"],
+            ),
+            sessions: gauge(&r, "alces_master_sessions", "Client sessions"),
+            leases: gauge(&r, "alces_master_write_leases", "Active chunk write leases"),
+            registry: r,
+        }
+    }
+}
+
+impl Master {
+    /// Chunks by (goal, valid copies), recomputed at most every [`COPIES_TTL`].
+    fn chunk_copies(&self) -> Vec<CopiesCount> {
+        let mut cache = self.copies_cache.lock().expect("copies cache lock");
+        if let Some((at, v)) = &*cache {
+            if at.elapsed() < COPIES_TTL {
+                return v.clone();
+            }
+        }
+        let view = self.local_view();
+        let mut counts: BTreeMap<(u8, u32), u64> = BTreeMap::new();
+        let mut after: Option<ChunkId> = None;
+        while let Ok(page) = view.chunks(after, 10_000) {
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            for (id, rec) in &page {
+                if rec.version.0 == 0 {
+                    continue;
+                }
+                let valid = self.topology.valid_locations(*id, rec.version).len() as u32;
+                *counts.entry((rec.goal.0, valid)).or_default() += 1;
+            }
+        }
+        let v: Vec<CopiesCount> =
+            counts.into_iter().map(|((goal, valid), chunks)| CopiesCount { goal, valid, chunks }).collect();
+        *cache = Some((Instant::now(), v.clone()));
+        v
+    }
+
+    fn cluster_view(&self) -> ClusterView {
+        let status = self.node.status();
+        let members = status
+            .members
+            .iter()
+            .map(|m| MemberView {
+                id: m.id,
+                role: role_name(m.role).into(),
+                applied: if m.id == status.id { status.applied } else { m.matched },
+                raft_addr: m.member.raft_addr.clone(),
+                client_addr: m.member.client_addr.clone(),
+                admin_addr: m.member.admin_addr.clone(),
+            })
+            .collect();
+        let timeout = self.config.chunkserver_timeout;
+        let chunkservers = self
+            .topology
+            .servers()
+            .into_iter()
+            .map(|s| ChunkserverView {
+                id: s.id.0,
+                addr: s.addr,
+                label: s.label,
+                alive: s.connected && s.silent_for < timeout,
+                total_bytes: s.load.total_bytes,
+                used_bytes: s.load.used_bytes,
+                chunks: s.load.chunks,
+                crc_errors: s.load.crc_errors,
+                disks: s
+                    .load
+                    .folders
+                    .iter()
+                    .map(|f| DiskView {
+                        path: f.path.clone(),
+                        total_bytes: f.total_bytes,
+                        used_bytes: f.used_bytes,
+                        chunks: f.chunks,
+                        leaving: f.leaving,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let view = self.local_view();
+        let sessions = view
+            .sessions()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, s)| SessionSummary {
+                id: id.0,
+                peer: s.info.peer,
+                client_name: s.info.client_name,
+                path: s.info.path,
+                read_only: s.info.read_only,
+                meta: s.info.meta,
+            })
+            .collect();
+        ClusterView {
+            id: status.id,
+            leader: status.leader,
+            term: status.term,
+            members,
+            chunkservers,
+            inodes: view.counter(COUNT_INODES).unwrap_or(0),
+            chunks: view.counter(COUNT_CHUNKS).unwrap_or(0),
+            chunk_copies: self.chunk_copies(),
+            sessions,
+            exports: self.exports().rules.iter().map(|r| r.text.clone()).collect(),
+        }
+    }
+
+    fn admin_error(&self, e: alces_raft_store::Error) -> AdminError {
+        let status = match &e {
+            alces_raft_store::Error::NotLeader { .. } => 409,
+            alces_raft_store::Error::Membership(_) => 400,
+            alces_raft_store::Error::Unavailable(_) => 503,
+            _ => 500,
+        };
+        let mut err = AdminError::new(status, e.to_string());
+        if let alces_raft_store::Error::NotLeader { leader: Some(l), .. } = &e {
+            err.leader_admin_addr = Some(l.admin_addr.clone());
+        }
+        err
+    }
+}
+
+impl AdminBackend for Master {
+    async fn cluster(&self) -> ClusterView {
+        self.cluster_view()
+    }
+
+    async fn add_member(&self, req: AddMember) -> Result<(), AdminError> {
+        if !self.is_leader() {
+            return Err(self.admin_error(self.node.not_leader()));
+        }
+        let known = self.node.status().members.iter().any(|m| m.id == req.id);
+        if !known {
+            if req.raft_addr.is_empty() {
+                return Err(AdminError::new(
+                    400,
+                    format!("member {} is new: give its raft_addr (and client/cs/admin addresses)", req.id),
+                ));
+            }
+            let member = Member {
+                raft_addr: req.raft_addr,
+                client_addr: req.client_addr,
+                cs_addr: req.cs_addr,
+                admin_addr: req.admin_addr,
+            };
+            self.node.add_learner(req.id, member).await.map_err(|e| self.admin_error(e))?;
+        }
+        if req.voter {
+            self.node.promote(req.id).await.map_err(|e| self.admin_error(e))?;
+        }
+        Ok(())
+    }
+
+    async fn remove_member(&self, id: u64) -> Result<(), AdminError> {
+        self.node.remove(id).await.map_err(|e| self.admin_error(e))
+    }
+
+    async fn transfer_leader(&self, to: Option<u64>) -> Result<u64, AdminError> {
+        let status = self.node.status();
+        let to = match to {
+            Some(t) => t,
+            None => status
+                .members
+                .iter()
+                .filter(|m| m.id != status.id && m.role == Role::Follower)
+                .max_by_key(|m| m.matched)
+                .map(|m| m.id)
+                .ok_or_else(|| AdminError::new(400, "no other voter to transfer leadership to"))?,
+        };
+        self.node.transfer_leader(to).await.map_err(|e| self.admin_error(e))?;
+        Ok(self.node.status().leader.unwrap_or(to))
+    }
+
+    async fn snapshot(&self) -> Result<u64, AdminError> {
+        self.node.snapshot().await.map_err(|e| self.admin_error(e))
+    }
+
+    fn metrics(&self) -> String {
+        let m = &self.metrics;
+        let st = self.node.status();
+        m.term.set(st.term as i64);
+        m.leader.set((st.leader == Some(st.id)) as i64);
+        m.applied.set(st.applied.unwrap_or(0) as i64);
+        m.last_log.set(st.last_log_index.unwrap_or(0) as i64);
+        m.apply_lag.set(st.last_log_index.unwrap_or(0).saturating_sub(st.applied.unwrap_or(0)) as i64);
+        m.log_fsyncs.set(st.log_fsyncs as i64);
+        m.log_entries.set(st.log_entries as i64);
+        let view = self.local_view();
+        m.inodes.set(view.counter(COUNT_INODES).unwrap_or(0) as i64);
+        m.chunks.set(view.counter(COUNT_CHUNKS).unwrap_or(0) as i64);
+        m.sessions.set(view.sessions().map(|s| s.len()).unwrap_or(0) as i64);
+        m.leases.set(self.leases.active() as i64);
+        m.chunk_copies.reset();
+        for c in self.chunk_copies() {
+            m.chunk_copies.with_label_values(&[&c.goal.to_string(), &c.valid.to_string()]).set(c.chunks as i64);
+        }
+        let servers = self.topology.servers();
+        let up = servers.iter().filter(|s| s.connected).count();
+        m.chunkservers.with_label_values(&["up"]).set(up as i64);
+        m.chunkservers.with_label_values(&["down"]).set((servers.len() - up) as i64);
+        for s in &servers {
+            let id = s.id.to_string();
+            m.cs_bytes.with_label_values(&[&id, "total"]).set(s.load.total_bytes as i64);
+            m.cs_bytes.with_label_values(&[&id, "used"]).set(s.load.used_bytes as i64);
+            m.cs_errors.with_label_values(&[&id]).set(s.load.crc_errors as i64);
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn admin_token(&self) -> Option<String> {
+        self.config.admin_token.clone()
+    }
+}
+
+/// Serves the admin API of a master.
+pub async fn serve(m: Arc<Master>) -> std::io::Result<std::net::SocketAddr> {
+    alces_ops::api::serve(m.config.admin_listen, m.clone(), m.stop.clone()).await
+}

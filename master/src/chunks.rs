@@ -1,0 +1,265 @@
+//! The leader's side of the data path: where a chunk can be read, write leases (version bump
+//! on the replicas first, then through Raft), truncation of a partial chunk, and the chunk
+//! locks that keep two clients from writing one chunk at once.
+//!
+//! Order of a version bump: the replicas move from `v` to `v+1`, and only then is `v+1`
+//! committed. If the leader dies in between, the replicas are ahead of the metadata but hold
+//! the same data (no client got the lease, so nothing was written): the next leader treats
+//! them as current. A replica that missed the bump stays at `v` and is stale forever.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alces_proto::link::client_master::{ClientError, ClientReply};
+use alces_proto::link::cs_master::ChunkOrder;
+use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, FileKind, Inode, SessionId, CHUNK_SIZE};
+use alces_proto::Status;
+use futures::future::join_all;
+
+use crate::master::Master;
+use crate::namespace::ops::{MetaReply, OpBody};
+
+/// A lease not renewed (by another write lease or its end) for this long lapses.
+const LEASE_TIME: Duration = Duration::from_secs(60);
+
+struct Lease {
+    session: SessionId,
+    version: ChunkVersion,
+    chain: Vec<ChunkLocation>,
+    holders: u32,
+    expires: Instant,
+}
+
+type SlotLock = Arc<tokio::sync::Mutex<()>>;
+
+/// A chunk, its version, and the chunk it replaced (for copy-on-write).
+type Allocated = (ChunkId, ChunkVersion, Option<(ChunkId, ChunkVersion)>);
+
+/// Write leases and per-slot locks (leader soft state; a new leader starts empty and
+/// clients simply ask again).
+#[derive(Default)]
+pub struct Leases {
+    leases: Mutex<HashMap<ChunkId, Lease>>,
+    slots: Mutex<HashMap<(Inode, u32), SlotLock>>,
+}
+
+impl Leases {
+    fn slot(&self, inode: Inode, index: u32) -> SlotLock {
+        let mut slots = self.slots.lock().expect("slot lock");
+        if slots.len() > 10_000 {
+            slots.retain(|_, m| Arc::strong_count(m) > 1);
+        }
+        slots.entry((inode, index)).or_default().clone()
+    }
+
+    /// Number of active leases (for the monitor).
+    pub fn active(&self) -> usize {
+        let now = Instant::now();
+        self.leases.lock().expect("lease lock").values().filter(|l| l.expires > now).count()
+    }
+}
+
+fn chunk_reply(reply: MetaReply) -> Result<Allocated, ClientError> {
+    match reply {
+        MetaReply::Chunk { chunk, version, copy_from } => Ok((chunk, version, copy_from)),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(reply: MetaReply) -> ClientError {
+    tracing::error!(?reply, "unexpected reply from the namespace");
+    ClientError::Status(Status::Io)
+}
+
+impl Master {
+    /// Where slot `index` of a file can be read.
+    pub async fn read_chunk(&self, inode: Inode, index: u32) -> Result<ClientReply, ClientError> {
+        let view = self.read().await?;
+        let file = view.open_inode(inode)?;
+        if file.kind != FileKind::File {
+            return Err(Status::Invalid.into());
+        }
+        let chunk = view.file_chunk(inode, index)?.filter(|(_, rec)| rec.version.0 > 0);
+        let (chunk, locations) = match chunk {
+            None => (None, Vec::new()),
+            Some((id, rec)) => (Some((id, rec.version)), self.topology.valid_locations(id, rec.version)),
+        };
+        Ok(ClientReply::ChunkLocations { file_size: file.size, chunk, locations })
+    }
+
+    /// Moves the replicas of a chunk to a new version with `make_order`, keeps those that
+    /// did it, and commits the new version.
+    async fn bump(
+        &self,
+        chunk: ChunkId,
+        new_version: ChunkVersion,
+        targets: Vec<(ChunkLocation, ChunkOrder)>,
+    ) -> Result<Vec<ChunkLocation>, ClientError> {
+        if targets.is_empty() {
+            return Err(ClientError::Unavailable(format!("no chunkserver can take chunk {}", chunk.hex())));
+        }
+        let term = self.term();
+        let results = join_all(targets.into_iter().map(|(loc, op)| async move {
+            let res = self.topology.order(loc.id, term, op).await;
+            (loc, res)
+        }))
+        .await;
+        let mut chain = Vec::new();
+        for (loc, res) in results {
+            match res {
+                Ok(()) => {
+                    self.topology.set_replica_version(chunk, loc.id, new_version);
+                    chain.push(loc);
+                }
+                Err(e) => tracing::warn!(chunk = %chunk.hex(), server = %loc.id, error = %e, "chunk order failed"),
+            }
+        }
+        if chain.is_empty() {
+            return Err(ClientError::Unavailable(format!(
+                "no replica of chunk {} took version {new_version}",
+                chunk.hex()
+            )));
+        }
+        self.propose(OpBody::SetChunkVersion { chunk, version: new_version }).await?;
+        Ok(chain)
+    }
+
+    /// Gives the session a write lease on slot `index` of a file.
+    pub async fn write_lease(&self, session: SessionId, inode: Inode, index: u32) -> Result<ClientReply, ClientError> {
+        if u64::from(index) >= u64::MAX / CHUNK_SIZE {
+            return Err(Status::FileTooBig.into());
+        }
+        let slot = self.leases.slot(inode, index);
+        let _guard = slot.lock().await;
+        let view = self.read().await?;
+        let file = view.open_inode(inode)?;
+        if file.kind != FileKind::File {
+            return Err(Status::Invalid.into());
+        }
+        let existing = view.file_chunk(inode, index)?;
+        if let Some((id, rec)) = existing {
+            let mut leases = self.leases.leases.lock().expect("lease lock");
+            if let Some(l) = leases.get_mut(&id) {
+                let now = Instant::now();
+                if l.expires > now && l.version == rec.version && rec.refs == 1 {
+                    if l.session != session {
+                        return Err(ClientError::Unavailable(format!(
+                            "chunk {} is being written by another client",
+                            id.hex()
+                        )));
+                    }
+                    l.holders += 1;
+                    l.expires = now + LEASE_TIME;
+                    return Ok(ClientReply::WriteLease {
+                        file_size: file.size,
+                        chunk: id,
+                        version: l.version,
+                        chain: l.chain.clone(),
+                    });
+                }
+                leases.remove(&id);
+            }
+        }
+        let goal = file.goal.0 as usize;
+        let (chunk, version, copy_from) = match existing {
+            None => chunk_reply(self.propose(OpBody::AllocChunk { inode, index, replace: None }).await?)?,
+            Some((id, rec)) if rec.refs > 1 => {
+                chunk_reply(self.propose(OpBody::AllocChunk { inode, index, replace: Some(id) }).await?)?
+            }
+            Some((id, rec)) => (id, rec.version, None),
+        };
+        let new_version = ChunkVersion(version.0 + 1);
+        let targets: Vec<(ChunkLocation, ChunkOrder)> = match copy_from {
+            Some((old, old_v)) => self
+                .topology
+                .valid_locations(old, old_v)
+                .into_iter()
+                .map(|l| (l, ChunkOrder::Duplicate { from: (old, old_v), to: (chunk, new_version), length: None }))
+                .collect(),
+            None if version.0 == 0 => self
+                .topology
+                .place(goal, &[])
+                .into_iter()
+                .map(|l| (l, ChunkOrder::Create { chunk, version: new_version }))
+                .collect(),
+            None => self
+                .topology
+                .valid_locations(chunk, version)
+                .into_iter()
+                .map(|l| (l, ChunkOrder::SetVersion { chunk, from: version, to: new_version }))
+                .collect(),
+        };
+        let chain = self.bump(chunk, new_version, targets).await?;
+        self.leases.leases.lock().expect("lease lock").insert(
+            chunk,
+            Lease {
+                session,
+                version: new_version,
+                chain: chain.clone(),
+                holders: 1,
+                expires: Instant::now() + LEASE_TIME,
+            },
+        );
+        Ok(ClientReply::WriteLease { file_size: file.size, chunk, version: new_version, chain })
+    }
+
+    /// A writer is done: record the length and release its hold on the lease.
+    pub async fn write_end(&self, inode: Inode, chunk: ChunkId, size: u64) -> Result<ClientReply, ClientError> {
+        let reply = self.propose(OpBody::WriteEnd { inode, size }).await?;
+        let mut leases = self.leases.leases.lock().expect("lease lock");
+        if let Some(l) = leases.get_mut(&chunk) {
+            l.holders = l.holders.saturating_sub(1);
+            if l.holders == 0 {
+                leases.remove(&chunk);
+            }
+        }
+        match reply {
+            MetaReply::Attr(a) => Ok(ClientReply::Attr(a)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Before a file shrinks to `size`: cut the chunk that will hold its last byte, so that
+    /// the bytes beyond the new end read as zeros if the file grows again.
+    pub async fn cut_last_chunk(&self, inode: Inode, size: u64) -> Result<(), ClientError> {
+        let (index, offset) = ((size / CHUNK_SIZE) as u32, size % CHUNK_SIZE);
+        if offset == 0 {
+            return Ok(()); // whole chunks only: the namespace drops them
+        }
+        let slot = self.leases.slot(inode, index);
+        let _guard = slot.lock().await;
+        let view = self.read().await?;
+        let file = view.open_inode(inode)?;
+        if size >= file.size {
+            return Ok(());
+        }
+        let Some((id, rec)) = view.file_chunk(inode, index)? else { return Ok(()) };
+        if rec.version.0 == 0 {
+            return Ok(());
+        }
+        let (chunk, new_version, targets) = if rec.refs > 1 {
+            let (new, v, _) = chunk_reply(self.propose(OpBody::AllocChunk { inode, index, replace: Some(id) }).await?)?;
+            let nv = ChunkVersion(v.0 + 1);
+            let targets = self
+                .topology
+                .valid_locations(id, rec.version)
+                .into_iter()
+                .map(|l| (l, ChunkOrder::Duplicate { from: (id, rec.version), to: (new, nv), length: Some(offset) }))
+                .collect();
+            (new, nv, targets)
+        } else {
+            let nv = ChunkVersion(rec.version.0 + 1);
+            let targets = self
+                .topology
+                .valid_locations(id, rec.version)
+                .into_iter()
+                .map(|l| (l, ChunkOrder::Truncate { chunk: id, from: rec.version, to: nv, length: offset }))
+                .collect();
+            (id, nv, targets)
+        };
+        self.leases.leases.lock().expect("lease lock").remove(&id);
+        self.bump(chunk, new_version, targets).await?;
+        Ok(())
+    }
+}

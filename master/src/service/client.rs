@@ -1,0 +1,630 @@
+//! The client service (port 9421): sessions under the export rules, and every namespace,
+//! data-path and tool request.
+//!
+//! Each connection has a reader task that decodes requests and runs each in its own task (at
+//! most [`PER_CONNECTION`] at once), and a writer task that sends replies as they complete,
+//! in any order. Followers answer everything but `Challenge` and `MasterInfo` with
+//! `NotLeader`, naming the leader.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use alces_proto::link::client_master::{
+    ClientError, ClientReply, ClientRequest, DirSummary, MasterView, Register, Reply, Request, SessionView, TrashEntry,
+};
+use alces_proto::types::{Attr, Creds, FileKind, Inode, Name, SessionId, CHUNK_SIZE};
+use alces_proto::{Connection, Handshake, LinkKind, Status};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::exports::{normalize, MountRequest};
+use crate::master::Master;
+use crate::namespace::keys::COUNT_INODES;
+use crate::namespace::ops::{MetaReply, OpBody, Origin};
+use crate::namespace::read::View;
+use crate::namespace::records::SessionInfo;
+
+/// Requests of one connection served at the same time, at most.
+const PER_CONNECTION: usize = 256;
+/// Client connections, at most.
+const MAX_CONNECTIONS: usize = 4096;
+/// Entries in one readdir reply, at most.
+const READDIR_MAX: usize = 4096;
+
+type Res = Result<ClientReply, ClientError>;
+
+/// What one connection knows: its peer, the password nonce, its session.
+struct Conn {
+    peer: SocketAddr,
+    nonce: Mutex<Option<[u8; 32]>>,
+    session: Mutex<Option<(SessionId, SessionInfo)>>,
+}
+
+pub async fn serve(m: Arc<Master>, listener: TcpListener) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = m.stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(client = %peer, "too many client connections; refusing one");
+            continue;
+        };
+        let m = m.clone();
+        tokio::spawn(async move {
+            let stop = m.stop.clone();
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = connection(m, stream, peer) => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(m: Arc<Master>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let mut conn = match Connection::new(stream, alces_proto::DEFAULT_MAX_FRAME) {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(client = %peer, error = %e, "connection unusable"),
+    };
+    let hs = Handshake::new(LinkKind::ClientMaster, format!("master {}", m.config.id), None);
+    if let Err(e) = hs.accept(&mut conn).await {
+        return tracing::warn!(client = %peer, error = %e, "refused a client connection");
+    }
+    let (mut reader, mut writer) = conn.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
+    let write_task = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            if writer.feed(&first).await.is_err() {
+                return;
+            }
+            while let Ok(more) = rx.try_recv() {
+                if writer.feed(&more).await.is_err() {
+                    return;
+                }
+            }
+            if writer.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let state = Arc::new(Conn { peer, nonce: Mutex::new(None), session: Mutex::new(None) });
+    let slots = Arc::new(Semaphore::new(PER_CONNECTION));
+    loop {
+        let req: Request = match reader.recv().await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) if e.is_disconnect() => break,
+            Err(e) => {
+                tracing::warn!(client = %peer, error = %e, "closing client connection after a bad frame");
+                break;
+            }
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let (m, state, tx) = (m.clone(), state.clone(), tx.clone());
+        tokio::spawn(async move {
+            let body = handle(&m, &state, req.id, req.low_water, req.creds, req.body).await;
+            let _ = tx.send(Reply { id: req.id, body });
+            drop(permit);
+        });
+    }
+    drop(tx);
+    let _ = write_task.await;
+}
+
+fn peer_ipv4(addr: &SocketAddr) -> Ipv4Addr {
+    match addr.ip() {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+/// The identity a request runs as after the export's `mapall`/`maproot`.
+fn map_creds(info: &SessionInfo, creds: Creds) -> Creds {
+    if let Some((uid, gid)) = info.map_all {
+        return Creds { uid, gid, groups: Vec::new() };
+    }
+    if creds.uid == 0 {
+        if let Some((uid, gid)) = info.map_root {
+            if uid != 0 {
+                return Creds { uid, gid, groups: Vec::new() };
+            }
+        }
+    }
+    creds
+}
+
+/// The session sees its export's directory as inode 1.
+fn inward(info: &SessionInfo, ino: Inode) -> Inode {
+    if ino == Inode::ROOT {
+        info.root
+    } else {
+        ino
+    }
+}
+
+fn outward(info: &SessionInfo, mut attr: Attr) -> Attr {
+    if attr.inode == info.root {
+        attr.inode = Inode::ROOT;
+    }
+    attr
+}
+
+fn attr_reply(info: &SessionInfo, r: MetaReply) -> Res {
+    match r {
+        MetaReply::Attr(a) => Ok(ClientReply::Attr(outward(info, a))),
+        MetaReply::Done => Ok(ClientReply::Done),
+        MetaReply::Counts { changed, unchanged, denied } => Ok(ClientReply::Counts { changed, unchanged, denied }),
+        MetaReply::Freed(_) => Ok(ClientReply::Done),
+        other => {
+            tracing::error!(?other, "unexpected namespace reply");
+            Err(Status::Io.into())
+        }
+    }
+}
+
+async fn handle(m: &Arc<Master>, conn: &Conn, id: u64, low_water: u64, creds: Creds, req: ClientRequest) -> Res {
+    match req {
+        ClientRequest::Challenge => {
+            let nonce: [u8; 32] = rand::random();
+            *conn.nonce.lock().expect("nonce lock") = Some(nonce);
+            return Ok(ClientReply::Challenge(nonce));
+        }
+        ClientRequest::MasterInfo => return Ok(master_info(m)),
+        _ => {}
+    }
+    if !m.is_leader() {
+        return Err(m.not_leader());
+    }
+    if let ClientRequest::Register(r) = req {
+        return register(m, conn, r).await;
+    }
+    let Some((session, info)) = conn.session.lock().expect("session lock").clone() else {
+        return Err(ClientError::NoSession);
+    };
+    m.session_seen(session);
+    if let ClientRequest::CloseSession = req {
+        let r = m.propose(OpBody::CloseSession { session }).await;
+        m.session_gone(session);
+        *conn.session.lock().expect("session lock") = None;
+        return r.map(|_| ClientReply::Done);
+    }
+    if info.meta {
+        return meta_request(m, req).await;
+    }
+    let creds = map_creds(&info, creds);
+    if info.read_only && mutates(&req) {
+        return Err(Status::ReadOnly.into());
+    }
+    let origin = Some(Origin { session, request: id, low_water });
+    request(m, origin, session, &info, creds, req).await
+}
+
+fn master_info(m: &Master) -> ClientReply {
+    let status = m.node.status();
+    let masters = status
+        .members
+        .iter()
+        .map(|s| MasterView {
+            id: s.id,
+            client_addr: s.member.client_addr.clone(),
+            admin_addr: s.member.admin_addr.clone(),
+            leader: status.leader == Some(s.id),
+        })
+        .collect();
+    ClientReply::Masters { leader: status.leader, masters }
+}
+
+fn mutates(req: &ClientRequest) -> bool {
+    use ClientRequest::*;
+    match req {
+        SetAttr { .. }
+        | Create { .. }
+        | Symlink { .. }
+        | Link { .. }
+        | Unlink { .. }
+        | Rmdir { .. }
+        | Rename { .. } => true,
+        SetXattr { .. } | RemoveXattr { .. } | WriteChunk { .. } | WriteEnd { .. } => true,
+        SetGoal { .. } | SetTrashTime { .. } | MakeSnapshot { .. } | FileRepair { .. } | AppendChunks { .. } => true,
+        Open { flags, .. } => {
+            (*flags as i32 & libc::O_ACCMODE) != libc::O_RDONLY || (*flags as i32 & libc::O_TRUNC) != 0
+        }
+        _ => false,
+    }
+}
+
+/// Resolves a mount path to a directory inode, from the root.
+fn resolve(view: &View<'_>, path: &str) -> Result<Inode, ClientError> {
+    let mut cur = Inode::ROOT;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        let name = Name::new(part.as_bytes().to_vec())?;
+        let a = view.lookup(cur, &name, &Creds::root())?;
+        if a.kind != FileKind::Dir {
+            return Err(Status::NotDir.into());
+        }
+        cur = a.inode;
+    }
+    Ok(cur)
+}
+
+async fn register(m: &Arc<Master>, conn: &Conn, r: Register) -> Res {
+    let path = normalize(&r.path).ok_or_else(|| ClientError::Refused(format!("bad path {:?}", r.path)))?;
+    let nonce = *conn.nonce.lock().expect("nonce lock");
+    let exports = m.exports();
+    let ask = MountRequest { addr: peer_ipv4(&conn.peer), path: &path, meta: r.meta };
+    let rule = exports
+        .find(&ask, |key| match (nonce, r.password_proof) {
+            (Some(n), Some(proof)) => alces_proto::password_proof(key, &n) == proof,
+            _ => false,
+        })
+        .map_err(|e| ClientError::Refused(e.to_string()))?;
+    let view = m.read().await?;
+    if !view.is_formatted()? {
+        return Err(ClientError::Unavailable("the file system is being created".into()));
+    }
+    let root = if r.meta {
+        Inode::ROOT
+    } else {
+        resolve(&view, &path).map_err(|e| ClientError::Refused(format!("{path}: {e}")))?
+    };
+    let o = &rule.options;
+    let info = SessionInfo {
+        peer: conn.peer.to_string(),
+        client_name: r.client_name.clone(),
+        root,
+        path: if r.meta { ".".into() } else { path },
+        meta: r.meta,
+        read_only: o.read_only,
+        map_root: Some(o.map_root),
+        map_all: o.map_all,
+        min_goal: o.min_goal,
+        max_goal: o.max_goal,
+        min_trash: o.min_trash,
+        max_trash: o.max_trash,
+    };
+    let session = match r.session {
+        Some(id) => {
+            // Reattaching after a reconnect: the session must still exist; the rules are
+            // those of the export now.
+            if view.session(id)?.is_none() {
+                return Err(ClientError::UnknownSession(id));
+            }
+            id
+        }
+        None => match m.propose(OpBody::OpenSession { info: info.clone() }).await? {
+            MetaReply::Session(id) => id,
+            other => {
+                tracing::error!(?other, "unexpected reply to OpenSession");
+                return Err(Status::Io.into());
+            }
+        },
+    };
+    m.session_seen(session);
+    tracing::info!(session = %session, client = %conn.peer, path = %info.path, read_only = info.read_only, "session registered");
+    let reply = SessionView { session, root: Inode::ROOT, read_only: info.read_only, meta: info.meta };
+    *conn.session.lock().expect("session lock") = Some((session, info));
+    Ok(ClientReply::Registered(reply))
+}
+
+/// The meta file system: only the trash and reserved files.
+async fn meta_request(m: &Arc<Master>, req: ClientRequest) -> Res {
+    match req {
+        ClientRequest::ListTrash { after, limit } | ClientRequest::ListReserved { after, limit } => {
+            let tag = if matches!(req, ClientRequest::ListTrash { .. }) { b't' } else { b'r' };
+            let view = m.read().await?;
+            let entries = view
+                .trash(tag, after, (limit as usize).min(READDIR_MAX))?
+                .into_iter()
+                .filter_map(|(inode, t)| {
+                    let rec = view.inode(inode).ok().flatten()?;
+                    Some(TrashEntry { inode, path: t.path, deleted_at: t.deleted_at, attr: rec.attr(inode) })
+                })
+                .collect();
+            Ok(ClientReply::Trash(entries))
+        }
+        ClientRequest::Undelete { inode } => m.propose(OpBody::Undelete { inode }).await.map(|_| ClientReply::Done),
+        ClientRequest::Purge { inode } => m.propose(OpBody::Purge { inode }).await.map(|_| ClientReply::Done),
+        ClientRequest::StatFs => statfs(m).await,
+        _ => Err(Status::NotSupported.into()),
+    }
+}
+
+async fn statfs(m: &Arc<Master>) -> Res {
+    let view = m.read().await?;
+    let inodes = view.counter(COUNT_INODES)?;
+    let (total, avail) = m
+        .topology
+        .servers()
+        .iter()
+        .filter(|s| s.connected)
+        .fold((0, 0), |(t, a), s| (t + s.load.total_bytes, a + s.load.avail_bytes));
+    Ok(ClientReply::StatFs { total_bytes: total, avail_bytes: avail, trash_bytes: 0, reserved_bytes: 0, inodes })
+}
+
+/// Settings found under a tree: (value, files, directories) sorted by value.
+fn tally(
+    view: &View<'_>,
+    root: Inode,
+    recursive: bool,
+    get: impl Fn(&Attr) -> u32,
+) -> Result<Vec<(u32, u64, u64)>, ClientError> {
+    let mut counts: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+    walk(view, root, recursive, &mut |a| {
+        let e = counts.entry(get(a)).or_default();
+        if a.kind == FileKind::Dir {
+            e.1 += 1;
+        } else if a.kind == FileKind::File {
+            e.0 += 1;
+        }
+    })?;
+    Ok(counts.into_iter().map(|(v, (f, d))| (v, f, d)).collect())
+}
+
+/// Visits `root` and, if `recursive`, everything under it.
+fn walk(view: &View<'_>, root: Inode, recursive: bool, visit: &mut dyn FnMut(&Attr)) -> Result<(), ClientError> {
+    let top = view.getattr(root)?;
+    visit(&top);
+    if !recursive || top.kind != FileKind::Dir {
+        return Ok(());
+    }
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        let mut after: Option<Name> = None;
+        loop {
+            let entries = view.readdir(dir, after.as_ref(), READDIR_MAX)?;
+            let Some(last) = entries.last() else { break };
+            after = Some(last.0.clone());
+            for (_, ino, kind) in &entries {
+                if let Ok(a) = view.getattr(*ino) {
+                    visit(&a);
+                }
+                if *kind == FileKind::Dir {
+                    stack.push(*ino);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn request(
+    m: &Arc<Master>,
+    origin: Option<Origin>,
+    session: SessionId,
+    info: &SessionInfo,
+    creds: Creds,
+    req: ClientRequest,
+) -> Res {
+    use ClientRequest as R;
+    let ino = |i: Inode| inward(info, i);
+    match req {
+        R::Lookup { parent, name } => {
+            let view = m.read().await?;
+            Ok(ClientReply::Attr(outward(info, view.lookup(ino(parent), &name, &creds)?)))
+        }
+        R::GetAttr { inode } => {
+            let view = m.read().await?;
+            Ok(ClientReply::Attr(outward(info, view.getattr(ino(inode))?)))
+        }
+        R::SetAttr { inode, set, handle } => {
+            let inode = ino(inode);
+            if let Some(size) = set.size {
+                m.cut_last_chunk(inode, size).await?;
+            }
+            attr_reply(info, m.propose_from(origin, OpBody::SetAttr { inode, set, creds, handle }).await?)
+        }
+        R::Access { inode, mask } => {
+            let view = m.read().await?;
+            view.access(ino(inode), &creds, mask)?;
+            Ok(ClientReply::Done)
+        }
+        R::Create { parent, name, kind, mode, umask, rdev, open } => {
+            let body = OpBody::Create {
+                parent: ino(parent),
+                name,
+                kind,
+                mode,
+                umask,
+                rdev,
+                target: Vec::new(),
+                creds,
+                open: open.then_some(session),
+            };
+            attr_reply(info, m.propose_from(origin, body).await?)
+        }
+        R::Symlink { parent, name, target } => {
+            let body = OpBody::Create {
+                parent: ino(parent),
+                name,
+                kind: FileKind::Symlink,
+                mode: 0o777,
+                umask: 0,
+                rdev: 0,
+                target,
+                creds,
+                open: None,
+            };
+            attr_reply(info, m.propose_from(origin, body).await?)
+        }
+        R::ReadLink { inode } => Ok(ClientReply::ReadLink(m.read().await?.readlink(ino(inode))?)),
+        R::Link { inode, parent, name } => attr_reply(
+            info,
+            m.propose_from(origin, OpBody::Link { inode: ino(inode), parent: ino(parent), name, creds }).await?,
+        ),
+        R::Unlink { parent, name } => attr_reply(
+            info,
+            m.propose_from(origin, OpBody::Remove { parent: ino(parent), name, dir: false, creds }).await?,
+        ),
+        R::Rmdir { parent, name } => attr_reply(
+            info,
+            m.propose_from(origin, OpBody::Remove { parent: ino(parent), name, dir: true, creds }).await?,
+        ),
+        R::Rename { parent, name, new_parent, new_name, flags } => {
+            let body =
+                OpBody::Rename { parent: ino(parent), name, new_parent: ino(new_parent), new_name, flags, creds };
+            attr_reply(info, m.propose_from(origin, body).await?)
+        }
+        R::OpenDir { inode } => {
+            m.read().await?.opendir_check(ino(inode), &creds)?;
+            Ok(ClientReply::Done)
+        }
+        R::ReadDir { inode, after, limit, plus } => {
+            let view = m.read().await?;
+            let entries = view.readdir(ino(inode), after.as_ref(), (limit as usize).clamp(1, READDIR_MAX))?;
+            let out = entries
+                .into_iter()
+                .map(|(name, i, kind)| {
+                    let attr = if plus { view.getattr(i).ok().map(|a| outward(info, a)) } else { None };
+                    (name, i, kind, attr)
+                })
+                .collect();
+            Ok(ClientReply::Entries(out))
+        }
+        R::Open { inode, flags } => {
+            let inode = ino(inode);
+            let view = m.read().await?;
+            let rec = view.open_inode(inode)?;
+            let mode = match flags as i32 & libc::O_ACCMODE {
+                libc::O_RDONLY => 4,
+                libc::O_WRONLY => 2,
+                _ => 6,
+            };
+            if rec.kind == FileKind::Dir && mode != 4 {
+                return Err(Status::IsDir.into());
+            }
+            view.access(inode, &creds, mode)?;
+            if flags as i32 & libc::O_TRUNC != 0 && rec.kind == FileKind::File && rec.size > 0 {
+                let set = alces_proto::types::SetAttr { size: Some(0), ..Default::default() };
+                m.propose(OpBody::SetAttr { inode, set, creds: creds.clone(), handle: true }).await?;
+            }
+            m.propose(OpBody::Open { session, inode }).await?;
+            Ok(ClientReply::Attr(outward(info, m.read().await?.getattr(inode)?)))
+        }
+        R::Release { inode } => {
+            m.propose(OpBody::Release { session, inode: ino(inode) }).await.map(|_| ClientReply::Done)
+        }
+        R::GetXattr { inode, name } => Ok(ClientReply::Xattr(m.read().await?.getxattr(ino(inode), &name)?)),
+        R::ListXattr { inode } => Ok(ClientReply::XattrNames(m.read().await?.listxattr(ino(inode))?)),
+        R::SetXattr { inode, name, value, flags } => attr_reply(
+            info,
+            m.propose_from(origin, OpBody::SetXattr { inode: ino(inode), name, value, flags, creds }).await?,
+        ),
+        R::RemoveXattr { inode, name } => {
+            attr_reply(info, m.propose_from(origin, OpBody::RemoveXattr { inode: ino(inode), name, creds }).await?)
+        }
+        R::StatFs => statfs(m).await,
+        R::ReadChunk { inode, index } => m.read_chunk(ino(inode), index).await,
+        R::WriteChunk { inode, index } => m.write_lease(session, ino(inode), index).await,
+        R::WriteEnd { inode, chunk, size, .. } => {
+            let reply = m.write_end(ino(inode), chunk, size).await?;
+            match reply {
+                ClientReply::Attr(a) => Ok(ClientReply::Attr(outward(info, a))),
+                other => Ok(other),
+            }
+        }
+        R::ReportBadReplica { chunk, version, server } => {
+            tracing::warn!(chunk = %chunk.hex(), version = %version, server = %server, "client reports a bad replica");
+            m.topology.remove_replica(chunk, server);
+            Ok(ClientReply::Done)
+        }
+        R::GetGoal { inode, recursive } => {
+            let view = m.read().await?;
+            Ok(ClientReply::Goals(tally(&view, ino(inode), recursive, |a| a.goal.0 as u32)?))
+        }
+        R::SetGoal { inode, goal, recursive } => {
+            if goal.0 < info.min_goal || goal.0 > info.max_goal {
+                return Err(Status::Perm.into());
+            }
+            attr_reply(
+                info,
+                m.propose_from(origin, OpBody::SetGoal { inode: ino(inode), goal, recursive, creds }).await?,
+            )
+        }
+        R::GetTrashTime { inode, recursive } => {
+            let view = m.read().await?;
+            Ok(ClientReply::TrashTimes(tally(&view, ino(inode), recursive, |a| a.trash_time.0)?))
+        }
+        R::SetTrashTime { inode, trash_time, recursive } => {
+            if trash_time.0 < info.min_trash || trash_time.0 > info.max_trash {
+                return Err(Status::Perm.into());
+            }
+            let body = OpBody::SetTrashTime { inode: ino(inode), trash_time, recursive, creds };
+            attr_reply(info, m.propose_from(origin, body).await?)
+        }
+        R::MakeSnapshot { src, parent, name } => attr_reply(
+            info,
+            m.propose_from(origin, OpBody::Snapshot { src: ino(src), parent: ino(parent), name, creds }).await?,
+        ),
+        R::FileInfo { inode } => file_info(m, ino(inode)).await,
+        R::DirInfo { inode } => dir_info(m, ino(inode)).await,
+        R::FileRepair { .. } | R::AppendChunks { .. } => Err(Status::NotSupported.into()),
+        R::ListTrash { .. } | R::ListReserved { .. } | R::Undelete { .. } | R::Purge { .. } => {
+            Err(Status::NotSupported.into())
+        }
+        R::Challenge | R::Register(_) | R::CloseSession | R::MasterInfo => Err(Status::Invalid.into()),
+    }
+}
+
+async fn file_info(m: &Arc<Master>, inode: Inode) -> Res {
+    let view = m.read().await?;
+    let rec = view.open_inode(inode)?;
+    if rec.kind != FileKind::File {
+        return Err(Status::Invalid.into());
+    }
+    let mut out = Vec::new();
+    for (index, chunk) in view.file_chunks(inode)? {
+        let Some(c) = view.chunk(chunk)? else { continue };
+        let copies = m
+            .topology
+            .replicas(chunk)
+            .into_iter()
+            .filter_map(|r| Some((m.topology.location(r.server)?, r.version == c.version)))
+            .collect();
+        out.push(alces_proto::link::client_master::ChunkReport {
+            index,
+            chunk,
+            version: c.version,
+            goal: c.goal,
+            copies,
+        });
+    }
+    Ok(ClientReply::FileInfo(out))
+}
+
+async fn dir_info(m: &Arc<Master>, inode: Inode) -> Res {
+    let view = m.read().await?;
+    let mut s = DirSummary::default();
+    let mut files = Vec::new();
+    walk(&view, inode, true, &mut |a| {
+        s.inodes += 1;
+        match a.kind {
+            FileKind::Dir => s.directories += 1,
+            FileKind::File => {
+                s.files += 1;
+                s.length += a.size;
+                files.push((a.inode, a.size));
+            }
+            _ => {}
+        }
+    })?;
+    let mut seen = std::collections::HashSet::new();
+    for (ino, size) in files {
+        for (index, chunk) in view.file_chunks(ino)? {
+            if !seen.insert(chunk) {
+                continue;
+            }
+            s.chunks += 1;
+            let start = index as u64 * CHUNK_SIZE;
+            let bytes = size.saturating_sub(start).min(CHUNK_SIZE).div_ceil(65536) * 65536;
+            s.size += bytes;
+            let version = view.chunk(chunk)?.map(|c| c.version).unwrap_or_default();
+            s.realsize += bytes * m.topology.valid_locations(chunk, version).len() as u64;
+        }
+    }
+    Ok(ClientReply::DirInfo(s))
+}

@@ -1,0 +1,381 @@
+//! What a master knows about chunkservers and replicas: soft state, rebuilt from registrations
+//! and chunk reports, never replicated through Raft (as in MooseFS). Every master keeps it for
+//! every chunkserver, so a new leader knows where every chunk is at once.
+//!
+//! Also the channel for orders: the leader sends a [`ChunkOrder`] to a connected chunkserver
+//! and awaits its `OrderDone`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use alces_proto::link::cs_master::{ChunkOrder, ChunkState, CsLoad, CsRegister, MasterToCs};
+use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, ChunkserverId};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long the leader waits for a chunkserver to carry out an order.
+pub const ORDER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One replica as reported by its chunkserver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replica {
+    pub server: ChunkserverId,
+    pub version: ChunkVersion,
+    pub leaving: bool,
+}
+
+/// A chunkserver as this master sees it.
+#[derive(Debug, Clone)]
+pub struct ServerView {
+    pub id: ChunkserverId,
+    pub addr: String,
+    pub label: String,
+    pub load: CsLoad,
+    pub connected: bool,
+    /// Seconds since its last message.
+    pub silent_for: Duration,
+    /// Whether its full chunk list has arrived since it (re)connected.
+    pub reported: bool,
+}
+
+struct Server {
+    addr: String,
+    label: String,
+    load: CsLoad,
+    last_seen: Instant,
+    /// Present while connected: where to send orders.
+    tx: Option<mpsc::UnboundedSender<MasterToCs>>,
+    /// Connection generation, so a stale connection's cleanup does not drop a newer one.
+    generation: u64,
+    reported: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    servers: BTreeMap<ChunkserverId, Server>,
+    chunks: HashMap<ChunkId, Vec<Replica>>,
+    orders: HashMap<u64, oneshot::Sender<Result<(), String>>>,
+    next_order: u64,
+    next_generation: u64,
+}
+
+#[derive(Default)]
+pub struct Topology {
+    inner: Mutex<Inner>,
+}
+
+fn set_replica(list: &mut Vec<Replica>, r: Replica) {
+    match list.iter_mut().find(|x| x.server == r.server) {
+        Some(x) => *x = r,
+        None => list.push(r),
+    }
+}
+
+impl Inner {
+    fn drop_server_replicas(&mut self, id: ChunkserverId) {
+        self.chunks.retain(|_, list| {
+            list.retain(|r| r.server != id);
+            !list.is_empty()
+        });
+    }
+}
+
+impl Topology {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("topology lock")
+    }
+
+    /// A chunkserver connected and registered; returns its connection generation. Its old
+    /// replica list is dropped: the full report that follows replaces it.
+    pub fn register(&self, reg: &CsRegister, tx: mpsc::UnboundedSender<MasterToCs>) -> u64 {
+        let mut g = self.lock();
+        g.next_generation += 1;
+        let generation = g.next_generation;
+        g.drop_server_replicas(reg.id);
+        g.servers.insert(
+            reg.id,
+            Server {
+                addr: reg.data_addr.clone(),
+                label: reg.label.clone(),
+                load: reg.load.clone(),
+                last_seen: Instant::now(),
+                tx: Some(tx),
+                generation,
+                reported: false,
+            },
+        );
+        generation
+    }
+
+    /// The connection of generation `generation` ended. Replicas stay known (the server may
+    /// only have lost this master); they are dropped when the server is declared lost.
+    pub fn disconnect(&self, id: ChunkserverId, generation: u64) {
+        let mut g = self.lock();
+        if let Some(s) = g.servers.get_mut(&id) {
+            if s.generation == generation {
+                s.tx = None;
+            }
+        }
+    }
+
+    /// Forgets a server and its replicas (lost for good, or removed by an operator).
+    pub fn forget(&self, id: ChunkserverId) {
+        let mut g = self.lock();
+        g.servers.remove(&id);
+        g.drop_server_replicas(id);
+    }
+
+    fn touch(g: &mut Inner, id: ChunkserverId) {
+        if let Some(s) = g.servers.get_mut(&id) {
+            s.last_seen = Instant::now();
+        }
+    }
+
+    pub fn report(&self, id: ChunkserverId, chunks: &[ChunkState], last: bool) {
+        let mut g = self.lock();
+        Self::touch(&mut g, id);
+        for c in chunks {
+            let list = g.chunks.entry(c.chunk).or_default();
+            set_replica(list, Replica { server: id, version: c.version, leaving: c.leaving });
+        }
+        if last {
+            if let Some(s) = g.servers.get_mut(&id) {
+                s.reported = true;
+            }
+        }
+    }
+
+    pub fn changed(&self, id: ChunkserverId, added: &[ChunkState], removed: &[(ChunkId, ChunkVersion)]) {
+        let mut g = self.lock();
+        Self::touch(&mut g, id);
+        for &(chunk, version) in removed {
+            if let Some(list) = g.chunks.get_mut(&chunk) {
+                list.retain(|r| !(r.server == id && r.version == version));
+                if list.is_empty() {
+                    g.chunks.remove(&chunk);
+                }
+            }
+        }
+        for c in added {
+            set_replica(
+                g.chunks.entry(c.chunk).or_default(),
+                Replica { server: id, version: c.version, leaving: c.leaving },
+            );
+        }
+    }
+
+    pub fn heartbeat(&self, id: ChunkserverId, load: CsLoad) {
+        let mut g = self.lock();
+        if let Some(s) = g.servers.get_mut(&id) {
+            s.last_seen = Instant::now();
+            s.load = load;
+        }
+    }
+
+    /// Records a replica's new version once its server carried out an order.
+    pub fn set_replica_version(&self, chunk: ChunkId, server: ChunkserverId, version: ChunkVersion) {
+        let mut g = self.lock();
+        let leaving =
+            g.chunks.get(&chunk).and_then(|l| l.iter().find(|r| r.server == server)).is_some_and(|r| r.leaving);
+        set_replica(g.chunks.entry(chunk).or_default(), Replica { server, version, leaving });
+    }
+
+    pub fn remove_replica(&self, chunk: ChunkId, server: ChunkserverId) {
+        let mut g = self.lock();
+        if let Some(list) = g.chunks.get_mut(&chunk) {
+            list.retain(|r| r.server != server);
+            if list.is_empty() {
+                g.chunks.remove(&chunk);
+            }
+        }
+    }
+
+    pub fn replicas(&self, chunk: ChunkId) -> Vec<Replica> {
+        self.lock().chunks.get(&chunk).cloned().unwrap_or_default()
+    }
+
+    /// Where a chunk's current version can be read, connected servers first.
+    pub fn valid_locations(&self, chunk: ChunkId, version: ChunkVersion) -> Vec<ChunkLocation> {
+        let g = self.lock();
+        let mut out: Vec<(bool, ChunkLocation)> = g
+            .chunks
+            .get(&chunk)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.version == version)
+            .filter_map(|r| {
+                let s = g.servers.get(&r.server)?;
+                Some((s.tx.is_none(), ChunkLocation { id: r.server, addr: s.addr.clone() }))
+            })
+            .collect();
+        out.sort_by_key(|(disconnected, _)| *disconnected);
+        out.into_iter().map(|(_, l)| l).collect()
+    }
+
+    pub fn location(&self, id: ChunkserverId) -> Option<ChunkLocation> {
+        self.lock().servers.get(&id).map(|s| ChunkLocation { id, addr: s.addr.clone() })
+    }
+
+    pub fn servers(&self) -> Vec<ServerView> {
+        let g = self.lock();
+        g.servers
+            .iter()
+            .map(|(&id, s)| ServerView {
+                id,
+                addr: s.addr.clone(),
+                label: s.label.clone(),
+                load: s.load.clone(),
+                connected: s.tx.is_some(),
+                silent_for: s.last_seen.elapsed(),
+                reported: s.reported,
+            })
+            .collect()
+    }
+
+    /// Replica counts per chunk (chunk count, and the total of replicas known).
+    pub fn chunk_count(&self) -> (usize, usize) {
+        let g = self.lock();
+        (g.chunks.len(), g.chunks.values().map(Vec::len).sum())
+    }
+
+    /// Chooses `n` connected servers for new replicas, never one in `exclude`: most free
+    /// space first, spreading over labels when servers have them.
+    pub fn place(&self, n: usize, exclude: &[ChunkserverId]) -> Vec<ChunkLocation> {
+        let g = self.lock();
+        let mut candidates: Vec<(&ChunkserverId, &Server)> = g
+            .servers
+            .iter()
+            .filter(|(id, s)| s.tx.is_some() && !exclude.contains(id) && s.load.avail_bytes > 0)
+            .collect();
+        candidates.sort_by(|a, b| b.1.load.avail_bytes.cmp(&a.1.load.avail_bytes).then(a.0.cmp(b.0)));
+        let mut chosen: Vec<(ChunkserverId, &Server)> = Vec::new();
+        // First pass: at most one per label; second pass fills up.
+        for spread in [true, false] {
+            for (id, s) in &candidates {
+                if chosen.len() >= n {
+                    break;
+                }
+                if chosen.iter().any(|(c, _)| c == *id) {
+                    continue;
+                }
+                if spread && !s.label.is_empty() && chosen.iter().any(|(_, c)| c.label == s.label) {
+                    continue;
+                }
+                chosen.push((**id, s));
+            }
+        }
+        chosen.into_iter().map(|(id, s)| ChunkLocation { id, addr: s.addr.clone() }).collect()
+    }
+
+    /// Sends an order and waits for its outcome.
+    pub async fn order(&self, server: ChunkserverId, term: u64, op: ChunkOrder) -> Result<(), String> {
+        let rx = {
+            let mut g = self.lock();
+            let Some(tx) = g.servers.get(&server).and_then(|s| s.tx.clone()) else {
+                return Err(format!("chunkserver {server} is not connected"));
+            };
+            g.next_order += 1;
+            let order = g.next_order;
+            let (done_tx, done_rx) = oneshot::channel();
+            g.orders.insert(order, done_tx);
+            if tx.send(MasterToCs::Order { order, term, op }).is_err() {
+                g.orders.remove(&order);
+                return Err(format!("chunkserver {server} disconnected"));
+            }
+            (order, done_rx)
+        };
+        let (order, done_rx) = rx;
+        match tokio::time::timeout(ORDER_TIMEOUT, done_rx).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(_)) => Err(format!("chunkserver {server} disconnected")),
+            Err(_) => {
+                self.lock().orders.remove(&order);
+                Err(format!("chunkserver {server} did not answer within {ORDER_TIMEOUT:?}"))
+            }
+        }
+    }
+
+    pub fn order_done(&self, order: u64, result: Result<(), String>) {
+        if let Some(tx) = self.lock().orders.remove(&order) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Sends a message to every connected chunkserver (leadership changes).
+    pub fn broadcast(&self, msg: MasterToCs) {
+        for s in self.lock().servers.values() {
+            if let Some(tx) = &s.tx {
+                let _ = tx.send(msg.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(id: u64, avail: u64, label: &str) -> CsRegister {
+        CsRegister {
+            id: ChunkserverId(id),
+            data_addr: format!("127.0.0.1:{}", 9000 + id),
+            label: label.into(),
+            load: CsLoad { avail_bytes: avail, ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn placement_prefers_free_space_and_spreads_labels() {
+        let t = Topology::default();
+        let mut keep = Vec::new();
+        for (id, avail, label) in [(1, 100, "a"), (2, 300, "a"), (3, 200, "b"), (4, 50, "c"), (5, 0, "d")] {
+            let (tx, rx) = mpsc::unbounded_channel();
+            keep.push(rx);
+            t.register(&reg(id, avail, label), tx);
+        }
+        let ids = |v: Vec<ChunkLocation>| v.into_iter().map(|l| l.id.0).collect::<Vec<_>>();
+        assert_eq!(ids(t.place(2, &[])), vec![2, 3], "most free space, different labels");
+        assert_eq!(ids(t.place(3, &[])), vec![2, 3, 4], "a third label before a second copy on label a");
+        assert_eq!(ids(t.place(4, &[])), vec![2, 3, 4, 1]);
+        assert_eq!(ids(t.place(9, &[ChunkserverId(2)])), vec![3, 1, 4], "never a full server, never an excluded one");
+    }
+
+    #[test]
+    fn replicas_follow_reports_and_changes() {
+        let t = Topology::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let g = t.register(&reg(1, 10, ""), tx);
+        let st = |c, v| ChunkState { chunk: ChunkId(c), version: ChunkVersion(v), length: 0, leaving: false };
+        t.report(ChunkserverId(1), &[st(7, 1), st(8, 2)], true);
+        assert_eq!(t.valid_locations(ChunkId(7), ChunkVersion(1)).len(), 1);
+        assert!(t.valid_locations(ChunkId(7), ChunkVersion(2)).is_empty(), "stale version is not valid");
+        t.changed(ChunkserverId(1), &[st(7, 2)], &[(ChunkId(8), ChunkVersion(2))]);
+        assert_eq!(t.replicas(ChunkId(7))[0].version, ChunkVersion(2));
+        assert!(t.replicas(ChunkId(8)).is_empty());
+        t.disconnect(ChunkserverId(1), g);
+        assert!(!t.servers()[0].connected);
+        assert_eq!(t.chunk_count(), (1, 1), "replicas stay known while disconnected");
+        t.forget(ChunkserverId(1));
+        assert_eq!(t.chunk_count(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn orders_complete_through_order_done() {
+        let t = std::sync::Arc::new(Topology::default());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        t.register(&reg(1, 10, ""), tx);
+        let t2 = t.clone();
+        let answer = tokio::spawn(async move {
+            if let Some(MasterToCs::Order { order, .. }) = rx.recv().await {
+                t2.order_done(order, Err("disk full".into()));
+            }
+        });
+        let res =
+            t.order(ChunkserverId(1), 3, ChunkOrder::Delete { chunk: ChunkId(1), version: ChunkVersion(1) }).await;
+        assert_eq!(res, Err("disk full".into()));
+        answer.await.unwrap();
+        let res =
+            t.order(ChunkserverId(9), 3, ChunkOrder::Delete { chunk: ChunkId(1), version: ChunkVersion(1) }).await;
+        assert!(res.unwrap_err().contains("not connected"));
+    }
+}

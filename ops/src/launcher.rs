@@ -1,0 +1,520 @@
+//! A whole cluster on this machine: masters, chunkservers and mounts as real processes on
+//! loopback, their configuration files, logs and data folders under one directory, and
+//! `cluster.json` describing every process. Used by `alces-cluster` and by the tests.
+//!
+//! Processes run in their own process groups so they outlive `alces-cluster up`; a
+//! [`Cluster`] held by a test kills what it started when dropped (unless detached).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::api::ClusterView;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub dir: PathBuf,
+    pub masters: usize,
+    pub chunkservers: usize,
+    /// Mount a client here once the cluster is up.
+    pub mount: Option<PathBuf>,
+    /// Folder holding `alces-master`, `alces-chunkserver`, `alces-mount`.
+    pub bin_dir: PathBuf,
+    /// Goal of the root directory.
+    pub goal: u8,
+    /// Extra `KEY = VALUE` lines for every master.cfg and chunkserver.cfg.
+    pub master_extra: Vec<String>,
+    pub chunkserver_extra: Vec<String>,
+    /// Exports file content (default: everything read-write, root stays root).
+    pub exports: String,
+}
+
+impl Layout {
+    pub fn new(dir: impl Into<PathBuf>, masters: usize, chunkservers: usize) -> Result<Layout> {
+        Ok(Layout {
+            dir: dir.into(),
+            masters,
+            chunkservers,
+            mount: None,
+            bin_dir: bin_dir()?,
+            goal: 2,
+            master_extra: Vec::new(),
+            chunkserver_extra: Vec::new(),
+            exports: "*\t/\trw,alldirs,maproot=0\n*\t.\trw\n".into(),
+        })
+    }
+}
+
+/// The folder of the running executable (or its parent: tests run from `deps/`), where the
+/// workspace's binaries are.
+pub fn bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().ok_or_else(|| anyhow!("no folder for {}", exe.display()))?;
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        if d.join("alces-master").exists() {
+            return Ok(d.to_path_buf());
+        }
+    }
+    bail!("alces-master not found next to {} (build the workspace: cargo build --release)", exe.display())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterEntry {
+    pub id: u64,
+    pub pid: u32,
+    pub raft_addr: String,
+    pub client_addr: String,
+    pub cs_addr: String,
+    pub admin_addr: String,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkserverEntry {
+    pub id: u64,
+    pub pid: u32,
+    pub addr: String,
+    pub folders: Vec<PathBuf>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountEntry {
+    pub path: PathBuf,
+    pub pid: u32,
+    pub meta: bool,
+    pub log: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// `DIR/cluster.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub masters: Vec<MasterEntry>,
+    pub chunkservers: Vec<ChunkserverEntry>,
+    pub mounts: Vec<MountEntry>,
+    pub secret_file: PathBuf,
+    pub exports_file: PathBuf,
+}
+
+/// A running local cluster.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub file: ClusterFile,
+    children: BTreeMap<String, Child>,
+    /// Kill everything started when dropped.
+    owned: bool,
+}
+
+fn free_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
+    let out =
+        File::options().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+fn alive(pid: u32) -> bool {
+    pid != 0 && kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+fn signal(pid: u32, sig: Signal) {
+    if pid != 0 {
+        let _ = kill(Pid::from_raw(pid as i32), sig);
+    }
+}
+
+/// `GET http://addr/api/v1/cluster`.
+pub fn fetch_cluster(admin_addr: &str) -> Result<ClusterView> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(2))).build().into();
+    let view = agent.get(&format!("http://{admin_addr}/api/v1/cluster")).call()?.body_mut().read_json()?;
+    Ok(view)
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    /// Writes the configuration of every process, starts them in order, and waits until the
+    /// cluster is healthy: a leader with a file system, every chunkserver registered, the
+    /// mount (if asked) mounted.
+    pub fn up(layout: &Layout) -> Result<Cluster> {
+        fs::create_dir_all(&layout.dir)?;
+        let dir = layout.dir.canonicalize()?;
+        if dir.join("cluster.json").exists() {
+            bail!(
+                "{} already holds a cluster (cluster.json exists); run `alces-cluster down --dir {}` first",
+                dir.display(),
+                dir.display()
+            );
+        }
+        let secret_file = dir.join("secret");
+        fs::write(&secret_file, format!("{:032x}\n", rand_u128()))?;
+        let exports_file = dir.join("exports.cfg");
+        fs::write(&exports_file, &layout.exports)?;
+        let mut c = Cluster {
+            dir: dir.clone(),
+            bin_dir: layout.bin_dir.clone(),
+            file: ClusterFile {
+                secret_file: secret_file.clone(),
+                exports_file: exports_file.clone(),
+                ..Default::default()
+            },
+            children: BTreeMap::new(),
+            owned: true,
+        };
+        // Every master's addresses are known before any starts: they form PEERS.
+        let mut masters = Vec::new();
+        for id in 1..=layout.masters as u64 {
+            let (raft, client, cs, admin) = (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+            masters.push((id, raft, client, cs, admin));
+        }
+        let peers = masters
+            .iter()
+            .map(|(id, r, cl, cs, a)| format!("{id}@127.0.0.1:{}:{}:{}:{}", r.port(), cl.port(), cs.port(), a.port()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (id, raft, client, cs, admin) in masters {
+            let mdir = dir.join(format!("master{id}"));
+            fs::create_dir_all(&mdir)?;
+            let config = mdir.join("master.cfg");
+            let mut text = format!(
+                "ID = {id}\nDATA_PATH = {}\nADVERTISE_HOST = 127.0.0.1\nRAFT_LISTEN_HOST = 127.0.0.1\nRAFT_LISTEN_PORT = {}\n\
+                 MATOCL_LISTEN_HOST = 127.0.0.1\nMATOCL_LISTEN_PORT = {}\nMATOCS_LISTEN_HOST = 127.0.0.1\nMATOCS_LISTEN_PORT = {}\n\
+                 ADMIN_LISTEN_HOST = 127.0.0.1\nADMIN_LISTEN_PORT = {}\nPEERS = {peers}\nCLUSTER_SECRET_FILE = {}\n\
+                 EXPORTS_FILENAME = {}\nDEFAULT_GOAL = {}\n",
+                mdir.join("data").display(),
+                raft.port(),
+                client.port(),
+                cs.port(),
+                admin.port(),
+                secret_file.display(),
+                exports_file.display(),
+                layout.goal,
+            );
+            for line in &layout.master_extra {
+                text.push_str(line);
+                text.push('\n');
+            }
+            fs::write(&config, text)?;
+            c.file.masters.push(MasterEntry {
+                id,
+                pid: 0,
+                raft_addr: raft.to_string(),
+                client_addr: client.to_string(),
+                cs_addr: cs.to_string(),
+                admin_addr: admin.to_string(),
+                data_dir: mdir.join("data"),
+                config,
+                log: mdir.join("master.log"),
+            });
+        }
+        for i in 0..c.file.masters.len() {
+            c.start_master(c.file.masters[i].id)?;
+        }
+        c.wait_leader(Duration::from_secs(60))?;
+        let master_cs = c.file.masters.iter().map(|m| m.cs_addr.clone()).collect::<Vec<_>>().join(",");
+        for id in 1..=layout.chunkservers as u64 {
+            let cdir = dir.join(format!("cs{id}"));
+            let folders = vec![cdir.join("hdd1"), cdir.join("hdd2")];
+            for f in &folders {
+                fs::create_dir_all(f)?;
+            }
+            let hdd = cdir.join("hdd.cfg");
+            fs::write(&hdd, folders.iter().map(|f| format!("{}\n", f.display())).collect::<String>())?;
+            let addr = free_addr()?;
+            let config = cdir.join("chunkserver.cfg");
+            let mut text = format!(
+                "ID = {id}\nDATA_PATH = {}\nHDD_CONF_FILENAME = {}\nMASTERS = {master_cs}\nCSSERV_LISTEN_HOST = 127.0.0.1\n\
+                 CSSERV_LISTEN_PORT = {}\nCLUSTER_SECRET_FILE = {}\n",
+                cdir.display(),
+                hdd.display(),
+                addr.port(),
+                secret_file.display(),
+            );
+            for line in &layout.chunkserver_extra {
+                text.push_str(line);
+                text.push('\n');
+            }
+            fs::write(&config, text)?;
+            c.file.chunkservers.push(ChunkserverEntry {
+                id,
+                pid: 0,
+                addr: addr.to_string(),
+                folders,
+                config,
+                log: cdir.join("chunkserver.log"),
+            });
+        }
+        for i in 0..c.file.chunkservers.len() {
+            c.start_chunkserver(c.file.chunkservers[i].id)?;
+        }
+        if layout.chunkservers > 0 {
+            c.wait_chunkservers(layout.chunkservers, Duration::from_secs(60))?;
+        }
+        if let Some(mnt) = &layout.mount {
+            c.mount(mnt, false, &[])?;
+        }
+        c.save()?;
+        Ok(c)
+    }
+
+    /// A cluster started earlier, from its `cluster.json`.
+    pub fn load(dir: &Path) -> Result<Cluster> {
+        let path = dir.join("cluster.json");
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let file: ClusterFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(Cluster { dir: dir.to_path_buf(), bin_dir: bin_dir()?, file, children: BTreeMap::new(), owned: false })
+    }
+
+    pub fn save(&self) -> Result<()> {
+        let tmp = self.dir.join("cluster.json.tmp");
+        fs::write(&tmp, serde_json::to_string_pretty(&self.file)?)?;
+        fs::rename(&tmp, self.dir.join("cluster.json"))?;
+        Ok(())
+    }
+
+    /// Leaves the processes running when this value is dropped.
+    pub fn detach(&mut self) {
+        self.owned = false;
+    }
+
+    fn master(&self, id: u64) -> Result<&MasterEntry> {
+        self.file.masters.iter().find(|m| m.id == id).ok_or_else(|| anyhow!("no master {id}"))
+    }
+
+    pub fn start_master(&mut self, id: u64) -> Result<()> {
+        let m = self.master(id)?.clone();
+        if alive(m.pid) {
+            bail!("master {id} is already running (pid {})", m.pid);
+        }
+        let child = spawn(&self.bin_dir.join("alces-master"), &["-c".into(), m.config.display().to_string()], &m.log)?;
+        let pid = child.id();
+        self.children.insert(format!("master{id}"), child);
+        self.file.masters.iter_mut().find(|x| x.id == id).expect("exists").pid = pid;
+        Ok(())
+    }
+
+    pub fn start_chunkserver(&mut self, id: u64) -> Result<()> {
+        let cs =
+            self.file.chunkservers.iter().find(|c| c.id == id).ok_or_else(|| anyhow!("no chunkserver {id}"))?.clone();
+        if alive(cs.pid) {
+            bail!("chunkserver {id} is already running (pid {})", cs.pid);
+        }
+        let child =
+            spawn(&self.bin_dir.join("alces-chunkserver"), &["-c".into(), cs.config.display().to_string()], &cs.log)?;
+        let pid = child.id();
+        self.children.insert(format!("cs{id}"), child);
+        self.file.chunkservers.iter_mut().find(|x| x.id == id).expect("exists").pid = pid;
+        Ok(())
+    }
+
+    /// Sends `sig` to a process and, for SIGKILL/SIGTERM, waits for it to exit.
+    fn stop_process(&mut self, key: &str, pid: u32, sig: Signal, wait: Duration) {
+        signal(pid, sig);
+        if let Some(mut child) = self.children.remove(key) {
+            let deadline = Instant::now() + wait;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        } else {
+            let deadline = Instant::now() + wait;
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if alive(pid) {
+                signal(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Kills a master with `sig` (SIGKILL: as in a crash).
+    pub fn kill_master(&mut self, id: u64, sig: Signal) -> Result<()> {
+        let pid = self.master(id)?.pid;
+        self.stop_process(&format!("master{id}"), pid, sig, Duration::from_secs(10));
+        Ok(())
+    }
+
+    pub fn kill_chunkserver(&mut self, id: u64, sig: Signal) -> Result<()> {
+        let pid = self.file.chunkservers.iter().find(|c| c.id == id).ok_or_else(|| anyhow!("no chunkserver {id}"))?.pid;
+        self.stop_process(&format!("cs{id}"), pid, sig, Duration::from_secs(10));
+        Ok(())
+    }
+
+    pub fn client_addrs(&self) -> Vec<String> {
+        self.file.masters.iter().map(|m| m.client_addr.clone()).collect()
+    }
+
+    /// The cluster as the first master that answers sees it.
+    pub fn view(&self) -> Option<ClusterView> {
+        self.file.masters.iter().filter(|m| alive(m.pid)).find_map(|m| fetch_cluster(&m.admin_addr).ok())
+    }
+
+    /// The leader, once every running master agrees on it.
+    pub fn leader(&self) -> Option<u64> {
+        let mut leader = None;
+        for m in self.file.masters.iter().filter(|m| alive(m.pid)) {
+            let v = fetch_cluster(&m.admin_addr).ok()?;
+            let l = v.leader?;
+            if leader.is_some_and(|x| x != l) {
+                return None;
+            }
+            leader = Some(l);
+        }
+        leader
+    }
+
+    pub fn wait_leader(&self, timeout: Duration) -> Result<u64> {
+        wait_until("a leader all running masters agree on", timeout, || {
+            let l = self.leader()?;
+            // The leader creates the root directory right after its election.
+            let v = fetch_cluster(&self.master(l).ok()?.admin_addr).ok()?;
+            (v.inodes > 0).then_some(l)
+        })
+    }
+
+    pub fn wait_chunkservers(&self, n: usize, timeout: Duration) -> Result<()> {
+        wait_until(&format!("{n} chunkservers registered with the leader"), timeout, || {
+            let l = self.leader()?;
+            let v = fetch_cluster(&self.master(l).ok()?.admin_addr).ok()?;
+            (v.chunkservers.iter().filter(|s| s.alive).count() >= n).then_some(())
+        })
+    }
+
+    /// Mounts a client at `path` (the meta file system with `meta`).
+    pub fn mount(&mut self, path: &Path, meta: bool, extra: &[String]) -> Result<()> {
+        fs::create_dir_all(path)?;
+        let path = path.canonicalize()?;
+        let log = self.dir.join(format!("mount-{}.log", self.file.mounts.len() + 1));
+        let mut args = vec![path.display().to_string(), "-f".into(), "-H".into(), self.client_addrs().join(",")];
+        if meta {
+            args.push("-m".into());
+        }
+        args.extend(extra.iter().cloned());
+        let child = spawn(&self.bin_dir.join("alces-mount"), &args, &log)?;
+        let pid = child.id();
+        let key = format!("mount:{}", path.display());
+        self.children.insert(key, child);
+        wait_until(&format!("the mount at {}", path.display()), Duration::from_secs(30), || {
+            is_mounted(&path).then_some(())
+        })
+        .with_context(|| format!("see {}", log.display()))?;
+        self.file.mounts.push(MountEntry { path, pid, meta, log, args });
+        self.save()?;
+        Ok(())
+    }
+
+    /// Unmounts every mount, then stops chunkservers and masters (SIGTERM, then SIGKILL).
+    pub fn down(&mut self) -> Result<()> {
+        for m in std::mem::take(&mut self.file.mounts) {
+            unmount(&m.path);
+            self.stop_process(&format!("mount:{}", m.path.display()), m.pid, Signal::SIGTERM, Duration::from_secs(10));
+        }
+        for cs in self.file.chunkservers.clone() {
+            self.stop_process(&format!("cs{}", cs.id), cs.pid, Signal::SIGTERM, Duration::from_secs(10));
+        }
+        for m in self.file.masters.clone() {
+            self.stop_process(&format!("master{}", m.id), m.pid, Signal::SIGTERM, Duration::from_secs(10));
+        }
+        let _ = fs::remove_file(self.dir.join("cluster.json"));
+        Ok(())
+    }
+
+    /// (role, id, pid, running) of every process.
+    pub fn processes(&self) -> Vec<(String, String, u32, bool)> {
+        let mut out = Vec::new();
+        for m in &self.file.masters {
+            out.push(("master".into(), m.id.to_string(), m.pid, alive(m.pid)));
+        }
+        for c in &self.file.chunkservers {
+            out.push(("chunkserver".into(), c.id.to_string(), c.pid, alive(c.pid)));
+        }
+        for m in &self.file.mounts {
+            out.push((
+                if m.meta { "meta mount" } else { "mount" }.into(),
+                m.path.display().to_string(),
+                m.pid,
+                alive(m.pid),
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = self.down();
+        }
+    }
+}
+
+fn rand_u128() -> u128 {
+    let mut buf = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut buf);
+    }
+    u128::from_le_bytes(buf) ^ Instant::now().elapsed().as_nanos()
+}
+
+/// Whether a FUSE file system is mounted at `path` (from /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.display().to_string();
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(4) == Some(&want.as_str()) && l.contains(" - fuse")
+    })
+}
+
+/// Unmounts a FUSE mount (lazily if busy).
+pub fn unmount(path: &Path) {
+    if !is_mounted(path) {
+        return;
+    }
+    for args in [vec!["-u"], vec!["-uz"]] {
+        let ok = Command::new("fusermount3").args(&args).arg(path).status().map(|s| s.success()).unwrap_or(false);
+        if ok && !is_mounted(path) {
+            return;
+        }
+    }
+    let _ = Command::new("umount").arg("-l").arg(path).status();
+}

@@ -1,0 +1,372 @@
+//! client -> master (port 9421): sessions, the namespace, chunk locations and write leases,
+//! the tools and the meta (trash) file system.
+//!
+//! A connection carries many requests at once: each [`Request`] has an id chosen by the
+//! client and the master answers with a [`Reply`] of the same id, in any order. A
+//! connection starts with the handshake (no secret), then `Challenge` (when the export has a
+//! password) and `Register`; every later request runs in that session, with the export's
+//! rules (read-only, uid mapping, root directory) applied by the master.
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::Status;
+use crate::types::{
+    Attr, ChunkId, ChunkLocation, ChunkVersion, ChunkserverId, Creds, FileKind, Goal, Inode, Name, SessionId, SetAttr,
+    Timestamp, TrashTime,
+};
+
+/// One request of a client, tagged with an id the reply repeats.
+///
+/// Ids are unique within a session (across reconnects): a request retried after a lost reply
+/// keeps its id, and the master answers a change it already made with the recorded reply
+/// instead of making it twice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    /// Every request of this session with a smaller id has been answered: the master may
+    /// forget their recorded replies.
+    pub low_water: u64,
+    /// The calling process's identity (before the export's mapping).
+    pub creds: Creds,
+    pub body: ClientRequest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub id: u64,
+    pub body: Result<ClientReply, ClientError>,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ClientError {
+    /// A file system error for the caller.
+    #[error("{0}")]
+    Status(Status),
+    /// This master does not lead; retry at the leader.
+    #[error("not the leader (leader {leader_id:?} at {leader_addr:?})")]
+    NotLeader { leader_id: Option<u64>, leader_addr: Option<String> },
+    /// The request needs a registered session on this connection.
+    #[error("no session: register first")]
+    NoSession,
+    /// The session is unknown (expired or closed): register a new one.
+    #[error("session {0} is unknown")]
+    UnknownSession(SessionId),
+    /// Registration refused: no export matches, or the password is wrong.
+    #[error("access refused: {0}")]
+    Refused(String),
+    /// The cluster cannot serve now (no quorum, election, no chunkservers); retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<Status> for ClientError {
+    fn from(s: Status) -> Self {
+        ClientError::Status(s)
+    }
+}
+
+/// What to open a session for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Register {
+    /// Reattach to this session after a reconnect or a leader change.
+    pub session: Option<SessionId>,
+    /// The exported path to mount (`/`, `/sub/dir`), ignored for the meta file system.
+    pub path: String,
+    /// Mount the meta file system (trash, reserved).
+    pub meta: bool,
+    /// `HMAC-SHA256(key = MD5(password), nonce from Challenge)`, when a password is known.
+    pub password_proof: Option<[u8; 32]>,
+    /// Host name and mount point, for the monitor.
+    pub client_name: String,
+}
+
+/// The session a client got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    pub session: SessionId,
+    /// The inode the mount shows as its root.
+    pub root: Inode,
+    pub read_only: bool,
+    pub meta: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// A fresh nonce for the password proof of the next `Register` on this connection.
+    Challenge,
+    Register(Register),
+    /// Ends the session (unmount): files it had open are released.
+    CloseSession,
+    /// Who leads and where everybody is (what `.masterinfo` shows).
+    MasterInfo,
+
+    Lookup {
+        parent: Inode,
+        name: Name,
+    },
+    GetAttr {
+        inode: Inode,
+    },
+    /// `handle`: the file is open for writing by the caller (ftruncate).
+    SetAttr {
+        inode: Inode,
+        set: SetAttr,
+        handle: bool,
+    },
+    Access {
+        inode: Inode,
+        mask: u16,
+    },
+    /// mknod, mkdir and create (`open`: the new file is opened by the session too).
+    Create {
+        parent: Inode,
+        name: Name,
+        kind: FileKind,
+        mode: u16,
+        umask: u16,
+        rdev: u32,
+        open: bool,
+    },
+    Symlink {
+        parent: Inode,
+        name: Name,
+        target: Vec<u8>,
+    },
+    ReadLink {
+        inode: Inode,
+    },
+    Link {
+        inode: Inode,
+        parent: Inode,
+        name: Name,
+    },
+    Unlink {
+        parent: Inode,
+        name: Name,
+    },
+    Rmdir {
+        parent: Inode,
+        name: Name,
+    },
+    Rename {
+        parent: Inode,
+        name: Name,
+        new_parent: Inode,
+        new_name: Name,
+        flags: u32,
+    },
+    OpenDir {
+        inode: Inode,
+    },
+    /// Entries after `after` in name order; with `plus`, attributes too.
+    ReadDir {
+        inode: Inode,
+        after: Option<Name>,
+        limit: u32,
+        plus: bool,
+    },
+    /// `flags` are the open(2) flags (access mode, O_TRUNC...).
+    Open {
+        inode: Inode,
+        flags: u32,
+    },
+    Release {
+        inode: Inode,
+    },
+    GetXattr {
+        inode: Inode,
+        name: Vec<u8>,
+    },
+    ListXattr {
+        inode: Inode,
+    },
+    SetXattr {
+        inode: Inode,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+    },
+    RemoveXattr {
+        inode: Inode,
+        name: Vec<u8>,
+    },
+    StatFs,
+
+    /// Where slot `index` of a file is stored.
+    ReadChunk {
+        inode: Inode,
+        index: u32,
+    },
+    /// A write lease for slot `index`: the chunk's new version and the replica chain.
+    WriteChunk {
+        inode: Inode,
+        index: u32,
+    },
+    /// The writer is done with the lease; the file is at least `size` bytes long.
+    WriteEnd {
+        inode: Inode,
+        index: u32,
+        chunk: ChunkId,
+        size: u64,
+    },
+    /// A replica failed a CRC check or could not be reached.
+    ReportBadReplica {
+        chunk: ChunkId,
+        version: ChunkVersion,
+        server: ChunkserverId,
+    },
+
+    GetGoal {
+        inode: Inode,
+        recursive: bool,
+    },
+    SetGoal {
+        inode: Inode,
+        goal: Goal,
+        recursive: bool,
+    },
+    GetTrashTime {
+        inode: Inode,
+        recursive: bool,
+    },
+    SetTrashTime {
+        inode: Inode,
+        trash_time: TrashTime,
+        recursive: bool,
+    },
+    MakeSnapshot {
+        src: Inode,
+        parent: Inode,
+        name: Name,
+    },
+    FileInfo {
+        inode: Inode,
+    },
+    DirInfo {
+        inode: Inode,
+    },
+    FileRepair {
+        inode: Inode,
+    },
+    /// Appends the chunks of `src` to `dst` (shared, like a snapshot of the data).
+    AppendChunks {
+        dst: Inode,
+        src: Inode,
+    },
+
+    /// The trash (meta file system): entries after `after`, at most `limit`.
+    ListTrash {
+        after: Option<Inode>,
+        limit: u32,
+    },
+    ListReserved {
+        after: Option<Inode>,
+        limit: u32,
+    },
+    Undelete {
+        inode: Inode,
+    },
+    Purge {
+        inode: Inode,
+    },
+}
+
+/// A chunk of a file as the tools show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkReport {
+    pub index: u32,
+    pub chunk: ChunkId,
+    pub version: ChunkVersion,
+    pub goal: Goal,
+    /// Every known replica with whether it holds the current version.
+    pub copies: Vec<(ChunkLocation, bool)>,
+}
+
+/// A trashed or reserved file as the meta file system lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrashEntry {
+    pub inode: Inode,
+    pub path: Vec<u8>,
+    pub deleted_at: Timestamp,
+    pub attr: Attr,
+}
+
+/// `alces dirinfo`: what a tree holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirSummary {
+    pub inodes: u64,
+    pub directories: u64,
+    pub files: u64,
+    pub chunks: u64,
+    /// Sum of file lengths.
+    pub length: u64,
+    /// Bytes of chunk data (each chunk counted once, sizes rounded to 64 KiB blocks).
+    pub size: u64,
+    /// `size` times the number of valid copies.
+    pub realsize: u64,
+}
+
+/// Goals or trash times found under a tree: (value, files, directories).
+pub type SettingCounts = Vec<(u32, u64, u64)>;
+
+/// A master as `.masterinfo` and the tools see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterView {
+    pub id: u64,
+    pub client_addr: String,
+    pub admin_addr: String,
+    pub leader: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientReply {
+    Done,
+    Challenge([u8; 32]),
+    Registered(SessionView),
+    Masters {
+        leader: Option<u64>,
+        masters: Vec<MasterView>,
+    },
+    Attr(Attr),
+    ReadLink(Vec<u8>),
+    /// Names, inodes, kinds, and attributes when asked for.
+    Entries(Vec<(Name, Inode, FileKind, Option<Attr>)>),
+    Xattr(Vec<u8>),
+    XattrNames(Vec<Vec<u8>>),
+    StatFs {
+        total_bytes: u64,
+        avail_bytes: u64,
+        trash_bytes: u64,
+        reserved_bytes: u64,
+        inodes: u64,
+    },
+    /// Slot `index` of a file: `None` is a hole (reads as zeros).
+    ChunkLocations {
+        file_size: u64,
+        chunk: Option<(ChunkId, ChunkVersion)>,
+        locations: Vec<ChunkLocation>,
+    },
+    /// A write lease: write blocks to `chain[0]`, which forwards along the chain.
+    WriteLease {
+        file_size: u64,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain: Vec<ChunkLocation>,
+    },
+    Counts {
+        changed: u64,
+        unchanged: u64,
+        denied: u64,
+    },
+    Goals(SettingCounts),
+    TrashTimes(SettingCounts),
+    FileInfo(Vec<ChunkReport>),
+    DirInfo(DirSummary),
+    Repaired {
+        ok: u64,
+        erased: u64,
+        repaired: u64,
+    },
+    Trash(Vec<TrashEntry>),
+}
