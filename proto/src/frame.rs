@@ -196,6 +196,17 @@ impl Connection {
     pub fn split(self) -> (FrameReader, FrameWriter) {
         (self.reader, self.writer)
     }
+
+    /// Puts a split connection back together, if nothing is left half-read or unsent.
+    pub fn rejoin(reader: FrameReader, writer: FrameWriter) -> Option<Connection> {
+        if !reader.inner.read_buffer().is_empty() || !writer.inner.write_buffer().is_empty() {
+            return None;
+        }
+        let (max_frame, r) = (reader.max_frame, reader.inner.into_inner());
+        let w = writer.inner.into_inner();
+        let stream = r.reunite(w).ok()?;
+        Connection::new(stream, max_frame).ok()
+    }
 }
 
 #[cfg(test)]

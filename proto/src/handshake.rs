@@ -190,19 +190,33 @@ impl Handshake {
     /// Runs the listening side; returns the dialer's name. On failure the dialer has been told
     /// why (when the connection still works) and the caller drops the connection.
     pub async fn accept(&self, conn: &mut Connection) -> Result<String, HandshakeError> {
-        let timeout = self.timeout;
-        tokio::time::timeout(timeout, self.accept_inner(conn)).await.map_err(|_| FrameError::Timeout(timeout))?
+        self.accept_any(conn, &[]).await.map(|(name, _)| name)
     }
 
-    async fn accept_inner(&self, conn: &mut Connection) -> Result<String, HandshakeError> {
-        let secret = self.secret_for_link()?;
+    /// Like [`Handshake::accept`], also accepting the link kinds in `also` (a port that serves
+    /// both clients and peers); returns the dialer's name and link kind.
+    pub async fn accept_any(
+        &self,
+        conn: &mut Connection,
+        also: &[LinkKind],
+    ) -> Result<(String, LinkKind), HandshakeError> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.accept_inner(conn, also)).await.map_err(|_| FrameError::Timeout(timeout))?
+    }
+
+    async fn accept_inner(
+        &self,
+        conn: &mut Connection,
+        also: &[LinkKind],
+    ) -> Result<(String, LinkKind), HandshakeError> {
         let hello: Hello = conn.expect().await?;
+        let link = hello.link;
         let refusal = if hello.magic != MAGIC {
             Some(HandshakeError::BadMagic)
         } else if hello.version != PROTOCOL_VERSION {
             Some(HandshakeError::Version { theirs: hello.version })
-        } else if hello.link != self.link {
-            Some(HandshakeError::WrongLink { expected: self.link, got: hello.link })
+        } else if link != self.link && !also.contains(&link) {
+            Some(HandshakeError::WrongLink { expected: self.link, got: link })
         } else {
             None
         };
@@ -210,19 +224,20 @@ impl Handshake {
             let _ = conn.send(&Answer::Refused { reason: err.to_string() }).await;
             return Err(err);
         }
+        let secret = Handshake { link, ..self.clone() }.secret_for_link()?.cloned();
         let my_nonce = nonce();
         let proof =
-            secret.map(|s| s.proof(b"listener", self.link, &hello.nonce, &my_nonce).finalize().into_bytes().into());
+            secret.as_ref().map(|s| s.proof(b"listener", link, &hello.nonce, &my_nonce).finalize().into_bytes().into());
         conn.send(&Answer::Welcome { version: PROTOCOL_VERSION, name: self.name.clone(), nonce: my_nonce, proof })
             .await?;
-        let Some(secret) = secret else { return Ok(hello.name) };
+        let Some(secret) = secret else { return Ok((hello.name, link)) };
         let theirs: Proof = conn.expect().await?;
-        if secret.proof(b"dialer", self.link, &my_nonce, &hello.nonce).verify_slice(&theirs.proof).is_err() {
+        if secret.proof(b"dialer", link, &my_nonce, &hello.nonce).verify_slice(&theirs.proof).is_err() {
             let _ = conn.send(&Answer::Refused { reason: "wrong cluster secret".into() }).await;
             return Err(HandshakeError::BadSecret);
         }
         conn.send(&Answer::Accepted).await?;
-        Ok(hello.name)
+        Ok((hello.name, link))
     }
 }
 
@@ -293,6 +308,33 @@ mod tests {
         let (d, l) = run(hs(LinkKind::ClientMaster, "a", None), hs(LinkKind::Peer, "b", Some("x"))).await;
         assert!(matches!(d, Err(HandshakeError::Refused(_))), "{d:?}");
         assert!(matches!(l, Err(HandshakeError::WrongLink { .. })), "{l:?}");
+    }
+
+    #[tokio::test]
+    async fn one_port_can_serve_clients_and_peers() {
+        async fn run_any(
+            dialer: Handshake,
+        ) -> (Result<String, HandshakeError>, Result<(String, LinkKind), HandshakeError>) {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                let mut c = Connection::new(s, 4096).unwrap();
+                let hs = Handshake::new(LinkKind::ClientChunkserver, "cs", Some(Secret::new("k")));
+                hs.accept_any(&mut c, &[LinkKind::ChunkserverChunkserver]).await
+            });
+            let mut c = Connection::new(TcpStream::connect(addr).await.unwrap(), 4096).unwrap();
+            let d = dialer.dial(&mut c).await;
+            (d, server.await.unwrap())
+        }
+        let (d, l) = run_any(hs(LinkKind::ClientChunkserver, "client", None)).await;
+        assert!(d.is_ok() && l.unwrap().1 == LinkKind::ClientChunkserver);
+        let (d, l) = run_any(hs(LinkKind::ChunkserverChunkserver, "peer", Some("k"))).await;
+        assert!(d.is_ok() && l.unwrap().1 == LinkKind::ChunkserverChunkserver);
+        let (d, l) = run_any(hs(LinkKind::ChunkserverChunkserver, "intruder", Some("bad"))).await;
+        assert!(d.is_err() && l.is_err());
+        let (d, _) = run_any(hs(LinkKind::Peer, "master", Some("k"))).await;
+        assert!(d.is_err(), "a link kind the port does not serve is refused");
     }
 
     #[tokio::test]

@@ -24,7 +24,10 @@ pub const CF_RAFT_STATE: &str = "raft_state";
 pub const CF_SM_META: &str = "sm_meta";
 
 /// Memory given to RocksDB's block cache, shared by every column family.
-const BLOCK_CACHE_BYTES: usize = 64 << 20;
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+/// Memory all memtables may use together before the largest is flushed: the state lives on
+/// disk and RAM stays bounded whatever the number of files.
+const WRITE_BUFFERS_BYTES: usize = 64 << 20;
 
 /// A RocksDB handle with the column families of this node.
 pub struct Db {
@@ -48,6 +51,7 @@ impl Db {
         opts.set_max_total_wal_size(256 << 20);
         opts.set_keep_log_file_num(3);
         opts.set_max_log_file_size(8 << 20);
+        opts.set_db_write_buffer_size(WRITE_BUFFERS_BYTES);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cf_opts = |write_buffer: usize, compress: bool| {
             let mut o = Options::default();
@@ -59,11 +63,11 @@ impl Db {
             o
         };
         let mut cfs = vec![
-            ColumnFamilyDescriptor::new(CF_LOG, cf_opts(64 << 20, false)),
+            ColumnFamilyDescriptor::new(CF_LOG, cf_opts(32 << 20, false)),
             ColumnFamilyDescriptor::new(CF_RAFT_STATE, cf_opts(1 << 20, false)),
             ColumnFamilyDescriptor::new(CF_SM_META, cf_opts(1 << 20, false)),
         ];
-        cfs.extend(app_cfs.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_opts(32 << 20, true))));
+        cfs.extend(app_cfs.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_opts(16 << 20, true))));
         let inner = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Arc::new(Db { inner, app_cfs: app_cfs.iter().map(|s| s.to_string()).collect() }))
     }

@@ -82,6 +82,15 @@ pub fn apply_op(t: &mut Txn<'_, '_>, op: MetaOp) -> Res<MetaReply> {
             t.put(CF_CHUNKS, &chunk(id), &rec);
             Ok(MetaReply::Done)
         }
+        OpBody::DropChunk { inode, index, chunk: id } => {
+            if t.file_chunk(inode, index)? != Some(id) {
+                return Err(Status::NotFound.into());
+            }
+            t.delete(CF_CHUNKS, &file_chunk(inode, index));
+            t.unref_chunk(id)?;
+            Ok(MetaReply::Done)
+        }
+        OpBody::AppendChunks { dst, src, creds } => append_chunks(t, now, dst, src, &creds),
         OpBody::WriteEnd { inode, size } => {
             let mut r = writable_file(t, inode)?;
             r.size = r.size.max(size);
@@ -858,9 +867,7 @@ fn expire_trash(t: &mut Txn<'_, '_>, now: Timestamp, limit: u32) -> Res<MetaRepl
 
 fn close_session(t: &mut Txn<'_, '_>, s: SessionId) -> Res<MetaReply> {
     t.delete(CF_SESSIONS, &session(s));
-    for (k, _) in t.scan(CF_SESSIONS, &tagged(b'q', s.0))? {
-        t.delete(CF_SESSIONS, &k);
-    }
+    t.delete(CF_SESSIONS, &session_replies(s));
     for (k, _) in t.scan(CF_SESSIONS, &tagged(b'o', s.0))? {
         let ino = Inode(pair_second(&k).ok_or(Status::Io)?);
         t.delete(CF_SESSIONS, &k);
@@ -902,4 +909,30 @@ fn alloc_chunk(t: &mut Txn<'_, '_>, ino: Inode, index: u32, replace: Option<Chun
         None => None,
     };
     Ok(MetaReply::Chunk { chunk: id, version: ChunkVersion(0), copy_from })
+}
+
+fn append_chunks(t: &mut Txn<'_, '_>, now: Timestamp, dst: Inode, src: Inode, creds: &Creds) -> Res<MetaReply> {
+    let mut d = t.live(dst)?;
+    let s = t.live(src)?;
+    if d.kind != FileKind::File || s.kind != FileKind::File {
+        return Err(Status::Invalid.into());
+    }
+    perm::check(&d, creds, W)?;
+    perm::check(&s, creds, R)?;
+    let first = d.size.div_ceil(CHUNK_SIZE);
+    if first + s.size.div_ceil(CHUNK_SIZE) > u32::MAX as u64 {
+        return Err(Status::FileTooBig.into());
+    }
+    for (index, id) in t.file_chunks(src)? {
+        if let Some(mut c) = t.chunk(id)? {
+            c.refs += 1;
+            t.put(CF_CHUNKS, &chunk(id), &c);
+            t.put_file_chunk(dst, first as u32 + index, id);
+        }
+    }
+    d.size = first * CHUNK_SIZE + s.size;
+    d.mtime = now;
+    d.ctime = now;
+    t.put_inode(dst, &d);
+    Ok(MetaReply::Attr(d.attr(dst)))
 }

@@ -69,6 +69,7 @@ pub fn record(cf: &str, key: &[u8], value: &[u8]) -> String {
             Some(b's') => format!("session {}: {}", be(&key[1..]), decoded::<SessionRec>(value)),
             Some(b'o') if key.len() == 17 => format!("open: session {} inode {}", be(&key[1..9]), be(&key[9..])),
             Some(b'O') if key.len() == 17 => format!("open: inode {} session {}", be(&key[1..9]), be(&key[9..])),
+            Some(b'q') => format!("recent replies of session {}: {}", be(&key[1..]), decoded::<SessionReplies>(value)),
             _ => format!("session <unknown key {key:02x?}>"),
         },
         _ => format!("{cf} <unknown key {key:02x?}> = {} bytes", value.len()),

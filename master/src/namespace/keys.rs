@@ -99,9 +99,9 @@ pub fn open_by_inode(ino: Inode, s: SessionId) -> [u8; 17] {
     pair(b'O', ino.0, s.0)
 }
 
-/// `q ++ session ++ request`: the recorded reply of a session's request.
-pub fn request_reply(s: SessionId, request: u64) -> [u8; 17] {
-    pair(b'q', s.0, request)
+/// `q ++ session`: the recorded replies of a session's recent requests.
+pub fn session_replies(s: SessionId) -> [u8; 9] {
+    tagged(b'q', s.0)
 }
 
 pub fn tagged(tag: u8, n: u64) -> [u8; 9] {

@@ -30,10 +30,10 @@ impl StateMachine for Namespace {
     fn apply(&self, ctx: &mut ApplyCtx<'_>, op: MetaOp) -> alces_raft_store::Result<MetaReply> {
         let origin = op.origin;
         if let Some(o) = origin {
-            if let Some(recorded) =
-                ctx.get_value::<MetaReply>(keys::CF_SESSIONS, &keys::request_reply(o.session, o.request))?
-            {
-                return Ok(recorded);
+            let recorded =
+                ctx.get_value::<records::SessionReplies>(keys::CF_SESSIONS, &keys::session_replies(o.session))?;
+            if let Some((_, reply)) = recorded.and_then(|r| r.entries.into_iter().find(|(id, _)| *id == o.request)) {
+                return Ok(reply);
             }
         }
         let mut t = Txn::new(ctx);
@@ -59,22 +59,23 @@ impl StateMachine for Namespace {
 
 mod describe;
 
+/// Most replies kept per session (a client never has more requests in flight).
+const MAX_RECORDED_REPLIES: usize = 4096;
+
 /// Records a request's reply, and forgets the session's replies below its low-water mark.
 fn record_reply(ctx: &mut ApplyCtx<'_>, o: ops::Origin, reply: &MetaReply) -> alces_raft_store::Result<()> {
     // A closed session records nothing (its records were dropped with it).
     if ctx.get(keys::CF_SESSIONS, &keys::session(o.session))?.is_none() {
         return Ok(());
     }
-    ctx.put_value(keys::CF_SESSIONS, keys::request_reply(o.session, o.request), reply)?;
-    let prefix = keys::tagged(b'q', o.session.0);
-    for (k, _) in ctx.scan(keys::CF_SESSIONS, &prefix, 64)? {
-        if keys::pair_second(&k).is_some_and(|r| r < o.low_water) {
-            ctx.delete(keys::CF_SESSIONS, &k)?;
-        } else {
-            break;
-        }
+    let key = keys::session_replies(o.session);
+    let mut rec = ctx.get_value::<records::SessionReplies>(keys::CF_SESSIONS, &key)?.unwrap_or_default();
+    rec.entries.retain(|(id, _)| *id >= o.low_water);
+    if rec.entries.len() >= MAX_RECORDED_REPLIES {
+        rec.entries.remove(0);
     }
-    Ok(())
+    rec.entries.push((o.request, reply.clone()));
+    ctx.put_value(keys::CF_SESSIONS, key, &rec)
 }
 
 #[cfg(test)]

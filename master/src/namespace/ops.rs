@@ -166,6 +166,18 @@ pub enum OpBody {
         inode: Inode,
         size: u64,
     },
+    /// Takes a chunk with no usable copy out of a file (its range reads as zeros).
+    DropChunk {
+        inode: Inode,
+        index: u32,
+        chunk: ChunkId,
+    },
+    /// Appends the chunks of `src` to `dst`, sharing them (`alces appendchunks`).
+    AppendChunks {
+        dst: Inode,
+        src: Inode,
+        creds: Creds,
+    },
 }
 
 /// The outcome of a [`MetaOp`].

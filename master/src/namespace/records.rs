@@ -122,3 +122,11 @@ pub struct SessionInfo {
     pub min_trash: u32,
     pub max_trash: u32,
 }
+
+/// Replies of a session's recent requests, by request id, so that a request retried after a
+/// lost reply gets the same answer instead of being applied twice. One record per session:
+/// entries below the client's low-water mark are dropped as new ones arrive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReplies {
+    pub entries: Vec<(u64, super::ops::MetaReply)>,
+}

@@ -642,9 +642,8 @@ fn a_retried_request_returns_the_recorded_reply_once_applied() {
     assert_eq!(send(&mut fs, 6, 0, create), MetaReply::Err(Status::Exists));
     // Records below the low-water mark are dropped; closing the session drops the rest.
     send(&mut fs, 7, 7, OpBody::Remove { parent: ROOT, name: n("once"), dir: false, creds: root() });
-    let keys: Vec<_> =
-        fs.db.raw().iterator_cf(fs.db.cf(CF_SESSIONS).unwrap(), rocksdb_mode()).map(|kv| kv.unwrap().0[0]).collect();
-    assert_eq!(keys.iter().filter(|&&k| k == b'q').count(), 1, "only request 7 is still recorded");
+    let rec: super::records::SessionReplies = fs.db.get_value(CF_SESSIONS, &session_replies(s)).unwrap().unwrap();
+    assert_eq!(rec.entries.iter().map(|e| e.0).collect::<Vec<_>>(), [7], "only request 7 is still recorded");
     fs.ok(OpBody::CloseSession { session: s });
     let keys: Vec<_> =
         fs.db.raw().iterator_cf(fs.db.cf(CF_SESSIONS).unwrap(), rocksdb_mode()).map(|kv| kv.unwrap().0[0]).collect();
@@ -654,4 +653,29 @@ fn a_retried_request_returns_the_recorded_reply_once_applied() {
 
 fn rocksdb_mode() -> alces_raft_store::db::IteratorMode<'static> {
     alces_raft_store::db::IteratorMode::Start
+}
+
+#[test]
+fn append_chunks_and_drop_chunk() {
+    let mut fs = Fs::new();
+    let a = fs.file(ROOT, "a");
+    let b = fs.file(ROOT, "b");
+    fs.ok(OpBody::AllocChunk { inode: a, index: 0, replace: None });
+    fs.ok(OpBody::WriteEnd { inode: a, size: 100 });
+    for i in 0..2 {
+        fs.ok(OpBody::AllocChunk { inode: b, index: i, replace: None });
+    }
+    fs.ok(OpBody::WriteEnd { inode: b, size: CHUNK_SIZE + 10 });
+    let MetaReply::Attr(attr) = fs.ok(OpBody::AppendChunks { dst: a, src: b, creds: root() }) else { panic!() };
+    assert_eq!(attr.size, 2 * CHUNK_SIZE + 10, "appended after a whole first chunk");
+    let chunks = fs.view().file_chunks(a).unwrap();
+    assert_eq!(chunks.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(chunks[1].1, fs.view().file_chunks(b).unwrap()[0].1, "shared with the source");
+    assert_eq!(fs.view().chunk(chunks[1].1).unwrap().unwrap().refs, 2);
+    let d = fs.mkdir(ROOT, "d");
+    assert_eq!(fs.err(OpBody::AppendChunks { dst: d, src: b, creds: root() }), Status::Invalid);
+    // Dropping a chunk leaves a hole and releases the reference.
+    fs.ok(OpBody::DropChunk { inode: a, index: 1, chunk: chunks[1].1 });
+    assert_eq!(fs.view().chunk(chunks[1].1).unwrap().unwrap().refs, 1);
+    assert_eq!(fs.err(OpBody::DropChunk { inode: a, index: 1, chunk: chunks[1].1 }), Status::NotFound);
 }

@@ -562,12 +562,54 @@ async fn request(
         ),
         R::FileInfo { inode } => file_info(m, ino(inode)).await,
         R::DirInfo { inode } => dir_info(m, ino(inode)).await,
-        R::FileRepair { .. } | R::AppendChunks { .. } => Err(Status::NotSupported.into()),
+        R::FileRepair { inode } => file_repair(m, ino(inode)).await,
+        R::AppendChunks { dst, src } => attr_reply(
+            info,
+            m.propose_from(origin, OpBody::AppendChunks { dst: ino(dst), src: ino(src), creds }).await?,
+        ),
         R::ListTrash { .. } | R::ListReserved { .. } | R::Undelete { .. } | R::Purge { .. } => {
             Err(Status::NotSupported.into())
         }
         R::Challenge | R::Register(_) | R::CloseSession | R::MasterInfo => Err(Status::Invalid.into()),
     }
+}
+
+/// `alces filerepair`: a chunk with no copy of its current version takes the newest version
+/// some chunkserver still has; a chunk with no copy at all is dropped (reads as zeros).
+async fn file_repair(m: &Arc<Master>, inode: Inode) -> Res {
+    let chunks = {
+        let view = m.read().await?;
+        if view.open_inode(inode)?.kind != FileKind::File {
+            return Err(Status::Invalid.into());
+        }
+        let mut v = Vec::new();
+        for (index, chunk) in view.file_chunks(inode)? {
+            if let Some(rec) = view.chunk(chunk)? {
+                v.push((index, chunk, rec.version));
+            }
+        }
+        v
+    };
+    let (mut ok, mut erased, mut repaired) = (0, 0, 0);
+    for (index, chunk, version) in chunks {
+        if version.0 == 0 || !m.topology.valid_locations(chunk, version).is_empty() {
+            ok += 1;
+            continue;
+        }
+        match m.topology.replicas(chunk).iter().map(|r| r.version).max() {
+            Some(best) => {
+                tracing::warn!(chunk = %chunk.hex(), from = %version, to = %best, "filerepair: using the newest surviving copy");
+                m.propose(OpBody::SetChunkVersion { chunk, version: best }).await?;
+                repaired += 1;
+            }
+            None => {
+                tracing::warn!(chunk = %chunk.hex(), "filerepair: no copy left, the chunk reads as zeros now");
+                m.propose(OpBody::DropChunk { inode, index, chunk }).await?;
+                erased += 1;
+            }
+        }
+    }
+    Ok(ClientReply::Repaired { ok, erased, repaired })
 }
 
 async fn file_info(m: &Arc<Master>, inode: Inode) -> Res {

@@ -1,0 +1,382 @@
+//! The data service (port 9422): reads for clients, chained writes for clients and for the
+//! previous chunkserver of a chain, and replica copies for other chunkservers.
+//!
+//! A chained write is pipelined: each `WriteData` is forwarded to the next server at once,
+//! written locally by a writer task in order, and acknowledged upstream by an acker task only
+//! when both the local write and the next server's acknowledgement of that piece are in.
+//! So a piece is acknowledged only when every replica of the chain has it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, MAX_READ};
+use alces_proto::link::cs_cs::{PeerDataReply, PeerDataRequest};
+use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, ChunkserverId};
+use alces_proto::{Connection, FrameError, Handshake, LinkKind, Secret};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// Pieces of one write in flight through a server, at most.
+const WINDOW: usize = 256;
+
+/// A reply on whichever link the request came in.
+#[derive(Debug)]
+enum Out {
+    Client(DataReply),
+    Peer(PeerDataReply),
+}
+
+fn wrap(peer: bool, r: DataReply) -> Out {
+    if peer {
+        Out::Peer(PeerDataReply::Chain(r))
+    } else {
+        Out::Client(r)
+    }
+}
+
+/// Settings the service needs.
+#[derive(Clone)]
+pub struct DataConfig {
+    pub id: ChunkserverId,
+    pub secret: Secret,
+}
+
+pub async fn serve(store: Arc<Store>, cfg: DataConfig, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+            },
+        };
+        let (store, cfg, stop) = (store.clone(), cfg.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = connection(store, cfg, stream, peer) => {}
+            }
+        });
+    }
+}
+
+async fn connection(store: Arc<Store>, cfg: DataConfig, stream: tokio::net::TcpStream, addr: SocketAddr) {
+    let mut conn = match Connection::new(stream, alces_proto::DEFAULT_MAX_FRAME) {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(peer = %addr, error = %e, "connection unusable"),
+    };
+    let hs = Handshake::new(LinkKind::ClientChunkserver, format!("chunkserver {}", cfg.id), Some(cfg.secret.clone()));
+    let peer = match hs.accept_any(&mut conn, &[LinkKind::ChunkserverChunkserver]).await {
+        Ok((_, kind)) => kind == LinkKind::ChunkserverChunkserver,
+        Err(e) => return tracing::warn!(peer = %addr, error = %e, "refused a data connection"),
+    };
+    let (mut reader, mut writer) = conn.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
+    let write_task = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            for out in batch {
+                let r = match &out {
+                    Out::Client(r) => writer.feed(r).await,
+                    Out::Peer(r) => writer.feed(r).await,
+                };
+                if r.is_err() {
+                    return;
+                }
+            }
+            if writer.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut incoming = Incoming { reader: &mut reader, peer, addr };
+    loop {
+        let req = match incoming.next().await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) if e.is_disconnect() => break,
+            Err(e) => {
+                tracing::warn!(peer = %addr, error = %e, "closing data connection after a bad frame");
+                break;
+            }
+        };
+        let keep_going = match req {
+            PeerDataRequest::Chain(DataRequest::Read { chunk, version, offset, len }) => {
+                let reply = if len > MAX_READ {
+                    DataReply::Error(DataError::Range)
+                } else {
+                    match store.read(chunk, version, offset, len).await {
+                        Ok(data) => DataReply::Data(data),
+                        Err(e) => DataReply::Error(e),
+                    }
+                };
+                tx.send(wrap(peer, reply)).is_ok()
+            }
+            PeerDataRequest::Chain(DataRequest::WriteStart { chunk, version, chain }) => {
+                write_session(&store, &cfg, &mut incoming, &tx, chunk, version, chain).await
+            }
+            PeerDataRequest::Chain(other) => {
+                let _ =
+                    tx.send(wrap(peer, DataReply::Error(DataError::Protocol(format!("unexpected {}", kind(&other))))));
+                false
+            }
+            PeerDataRequest::Stat { chunk, version } if peer => {
+                let reply = match store.length(chunk, version).await {
+                    Ok(length) => PeerDataReply::Stat { length: length as u32 },
+                    Err(e) => PeerDataReply::Error(e),
+                };
+                tx.send(Out::Peer(reply)).is_ok()
+            }
+            PeerDataRequest::Fetch { chunk, version, offset, len } if peer && len <= MAX_READ => {
+                let reply = match store.read(chunk, version, offset, len).await {
+                    Ok(data) => PeerDataReply::Data(data),
+                    Err(e) => PeerDataReply::Error(e),
+                };
+                tx.send(Out::Peer(reply)).is_ok()
+            }
+            PeerDataRequest::Stat { .. } | PeerDataRequest::Fetch { .. } => {
+                let _ = tx.send(wrap(peer, DataReply::Error(DataError::Protocol("not allowed on this link".into()))));
+                false
+            }
+        };
+        if !keep_going {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = write_task.await;
+}
+
+fn kind(r: &DataRequest) -> &'static str {
+    match r {
+        DataRequest::Read { .. } => "Read",
+        DataRequest::WriteStart { .. } => "WriteStart",
+        DataRequest::WriteData { .. } => "WriteData",
+        DataRequest::WriteFinish { .. } => "WriteFinish",
+    }
+}
+
+/// Requests of a connection, as peer requests whatever the link.
+struct Incoming<'a> {
+    reader: &'a mut alces_proto::frame::FrameReader,
+    peer: bool,
+    addr: SocketAddr,
+}
+
+impl Incoming<'_> {
+    async fn next(&mut self) -> Result<Option<PeerDataRequest>, FrameError> {
+        if self.peer {
+            self.reader.recv::<PeerDataRequest>().await
+        } else {
+            Ok(self.reader.recv::<DataRequest>().await?.map(PeerDataRequest::Chain))
+        }
+    }
+}
+
+/// One step of a write: a piece, or the final sync.
+enum Job {
+    Write { id: u64, offset: u32, data: Vec<u8> },
+    Finish { id: u64 },
+}
+
+/// The next server of a chain: its connection's write half and a channel of its replies.
+struct Downstream {
+    writer: alces_proto::frame::FrameWriter,
+    server: ChunkserverId,
+}
+
+/// Connects to another chunkserver's data port as a peer (chain forwarding, replication).
+pub async fn dial_peer(me: ChunkserverId, secret: &Secret, peer: &ChunkLocation) -> Result<Connection, DataError> {
+    let broken = |reason: String| DataError::Chain { server: peer.id, reason };
+    let mut conn = Connection::connect(&peer.addr, alces_proto::DEFAULT_MAX_FRAME, Duration::from_secs(3))
+        .await
+        .map_err(|e| broken(e.to_string()))?;
+    Handshake::new(LinkKind::ChunkserverChunkserver, format!("chunkserver {me}"), Some(secret.clone()))
+        .dial(&mut conn)
+        .await
+        .map_err(|e| broken(e.to_string()))?;
+    Ok(conn)
+}
+
+async fn open_downstream(
+    cfg: &DataConfig,
+    chunk: ChunkId,
+    version: ChunkVersion,
+    chain: &[ChunkLocation],
+) -> Result<(Downstream, mpsc::UnboundedReceiver<Result<DataReply, DataError>>), DataError> {
+    let next = &chain[0];
+    let broken = |reason: String| DataError::Chain { server: next.id, reason };
+    let mut conn = dial_peer(cfg.id, &cfg.secret, next).await?;
+    let start = PeerDataRequest::Chain(DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec() });
+    match conn.call::<_, PeerDataReply>(&start, Duration::from_secs(10)).await {
+        Ok(PeerDataReply::Chain(DataReply::WriteReady)) => {}
+        Ok(PeerDataReply::Chain(DataReply::WriteFailed { error, .. }))
+        | Ok(PeerDataReply::Chain(DataReply::Error(error))) => {
+            return Err(match error {
+                DataError::Chain { .. } => error,
+                other => broken(other.to_string()),
+            })
+        }
+        Ok(other) => return Err(broken(format!("unexpected answer {other:?}"))),
+        Err(e) => return Err(broken(e.to_string())),
+    }
+    let (mut reader, writer) = conn.split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let server = next.id;
+    tokio::spawn(async move {
+        loop {
+            let msg = match reader.recv::<PeerDataReply>().await {
+                Ok(Some(PeerDataReply::Chain(r))) => Ok(r),
+                Ok(Some(other)) => Err(DataError::Chain { server, reason: format!("unexpected {other:?}") }),
+                Ok(None) => Err(DataError::Chain { server, reason: "connection closed".into() }),
+                Err(e) => Err(DataError::Chain { server, reason: e.to_string() }),
+            };
+            let stop = msg.is_err();
+            if tx.send(msg).is_err() || stop {
+                return;
+            }
+        }
+    });
+    Ok((Downstream { writer, server }, rx))
+}
+
+/// Serves one chained write after `WriteStart`; returns whether the connection may go on.
+async fn write_session(
+    store: &Arc<Store>,
+    cfg: &DataConfig,
+    incoming: &mut Incoming<'_>,
+    tx: &mpsc::UnboundedSender<Out>,
+    chunk: ChunkId,
+    version: ChunkVersion,
+    chain: Vec<ChunkLocation>,
+) -> bool {
+    let peer = incoming.peer;
+    let fail = |id: u64, error: DataError| {
+        let _ = tx.send(wrap(peer, DataReply::WriteFailed { id, error }));
+        false
+    };
+    match store.version_of(chunk).await {
+        Some(v) if v == version => {}
+        Some(have) => return fail(0, DataError::WrongVersion { have }),
+        None => return fail(0, DataError::NoChunk),
+    }
+    let mut downstream = None;
+    let mut remote_rx = None;
+    if !chain.is_empty() {
+        match open_downstream(cfg, chunk, version, &chain).await {
+            Ok((d, rx)) => {
+                downstream = Some(d);
+                remote_rx = Some(rx);
+            }
+            Err(e) => return fail(0, e),
+        }
+    }
+    if tx.send(wrap(peer, DataReply::WriteReady)).is_err() {
+        return false;
+    }
+    // Local writes, in order, on their own task.
+    let (job_tx, mut job_rx) = mpsc::channel::<Job>(WINDOW);
+    let (local_tx, mut local_rx) = mpsc::unbounded_channel::<(u64, bool, Result<(), DataError>)>();
+    let st = store.clone();
+    tokio::spawn(async move {
+        while let Some(job) = job_rx.recv().await {
+            let (id, finish, r) = match job {
+                Job::Write { id, offset, data } => (id, false, st.write(chunk, version, offset, data).await),
+                Job::Finish { id } => (id, true, st.sync(chunk, version).await),
+            };
+            let failed = r.is_err();
+            if local_tx.send((id, finish, r)).is_err() || failed {
+                return;
+            }
+        }
+    });
+    // The acker pairs local results with the next server's, in order.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<bool>();
+    let upstream = tx.clone();
+    let acker = tokio::spawn(async move {
+        loop {
+            let Some((id, finish, local)) = local_rx.recv().await else { return };
+            let remote = match remote_rx.as_mut() {
+                None => Ok(None),
+                Some(rx) => match rx.recv().await {
+                    Some(Ok(r)) => Ok(Some(r)),
+                    Some(Err(e)) => Err(e),
+                    None => Err(DataError::Protocol("downstream ended".into())),
+                },
+            };
+            let outcome = match (local, remote) {
+                (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+                (Ok(()), Ok(None)) => Ok(()),
+                (Ok(()), Ok(Some(DataReply::WriteDone { id: rid }))) if rid == id && !finish => Ok(()),
+                (Ok(()), Ok(Some(DataReply::WriteFinished { id: rid }))) if rid == id && finish => Ok(()),
+                (Ok(()), Ok(Some(DataReply::WriteFailed { error, .. }))) => Err(error),
+                (Ok(()), Ok(Some(other))) => {
+                    Err(DataError::Protocol(format!("downstream answered {other:?} for piece {id}")))
+                }
+            };
+            let reply = match outcome {
+                Ok(()) if finish => DataReply::WriteFinished { id },
+                Ok(()) => DataReply::WriteDone { id },
+                Err(error) => DataReply::WriteFailed { id, error },
+            };
+            let failed = matches!(reply, DataReply::WriteFailed { .. });
+            let _ = upstream.send(wrap(peer, reply));
+            if failed || finish {
+                let _ = done_tx.send(!failed);
+                return;
+            }
+        }
+    });
+    let mut finishing = false;
+    let ok = loop {
+        let req = tokio::select! {
+            r = incoming.next() => r,
+            finished = done_rx.recv() => break finished.unwrap_or(false),
+        };
+        let req = match req {
+            Ok(Some(PeerDataRequest::Chain(r))) => r,
+            Ok(Some(_)) | Ok(None) | Err(_) => break false,
+        };
+        let (job, forward) = match req {
+            DataRequest::WriteData { id, offset, data } => {
+                let fwd = downstream.as_ref().map(|_| DataRequest::WriteData { id, offset, data: data.clone() });
+                (Job::Write { id, offset, data }, fwd)
+            }
+            DataRequest::WriteFinish { id } => {
+                finishing = true;
+                (Job::Finish { id }, Some(DataRequest::WriteFinish { id }))
+            }
+            other => {
+                tracing::warn!(peer = %incoming.addr, request = kind(&other), "unexpected request inside a write");
+                break false;
+            }
+        };
+        if let (Some(d), Some(f)) = (downstream.as_mut(), forward) {
+            if let Err(e) = d.writer.send(&PeerDataRequest::Chain(f)).await {
+                tracing::warn!(next = %d.server, error = %e, "forwarding along the chain failed");
+                // The acker reports the failure when the next server's replies stop.
+            }
+        }
+        if job_tx.send(job).await.is_err() {
+            break false;
+        }
+        if finishing {
+            // Nothing more belongs to this write: wait for its outcome before reading on.
+            break done_rx.recv().await.unwrap_or(false);
+        }
+    };
+    drop(job_tx);
+    if ok {
+        let _ = acker.await;
+    } else {
+        acker.abort();
+    }
+    ok
+}

@@ -1,0 +1,514 @@
+//! The chunkserver's replicas: an index of the chunks on its folders and every operation on
+//! them (read, write, sync, and the leader's orders), one at a time per chunk. File I/O runs
+//! on blocking threads. Changes are announced to the master links as [`StoreEvent`]s.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alces_proto::link::client_cs::DataError;
+use alces_proto::link::cs_master::{ChunkState, CsLoad, FolderLoad};
+use alces_proto::types::{ChunkId, ChunkVersion, CHUNK_SIZE};
+use tokio::sync::broadcast;
+
+use crate::folders::{Folders, Scan};
+use crate::format::{sync_parent, ChunkError, ChunkFile};
+
+/// A change the masters must hear about.
+#[derive(Debug, Clone)]
+pub enum StoreEvent {
+    Added(ChunkState),
+    Removed(ChunkId, ChunkVersion),
+    Damaged(ChunkId, ChunkVersion),
+}
+
+struct SlotState {
+    version: ChunkVersion,
+    folder: usize,
+    /// Kept open between operations; closed when idle.
+    file: Option<ChunkFile>,
+    length: u64,
+    last_used: Instant,
+    /// Removed from the index while an operation waited for the lock.
+    gone: bool,
+}
+
+type Slot = Arc<tokio::sync::Mutex<SlotState>>;
+
+pub struct Store {
+    folders: Folders,
+    index: Mutex<HashMap<ChunkId, Slot>>,
+    events: broadcast::Sender<StoreEvent>,
+    pub crc_errors: AtomicU64,
+    pub busy: AtomicU64,
+}
+
+fn io_error(e: ChunkError) -> DataError {
+    match e {
+        ChunkError::Crc { block } => DataError::Crc { block },
+        ChunkError::Range { .. } => DataError::Range,
+        other => DataError::Io(other.to_string()),
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> DataError {
+    DataError::Io(format!("i/o task failed: {e}"))
+}
+
+impl Store {
+    /// Builds the index from a scan of the folders (damaged files are logged and left alone).
+    pub fn new(folders: Folders, scan: Scan) -> Arc<Store> {
+        for (path, why) in &scan.damaged {
+            tracing::warn!(file = %path.display(), reason = %why, "unusable chunk file");
+        }
+        let now = Instant::now();
+        let index = scan
+            .chunks
+            .into_iter()
+            .map(|c| {
+                let st = SlotState {
+                    version: c.version,
+                    folder: c.folder,
+                    file: None,
+                    length: c.length,
+                    last_used: now,
+                    gone: false,
+                };
+                (c.id, Arc::new(tokio::sync::Mutex::new(st)))
+            })
+            .collect();
+        let (events, _) = broadcast::channel(65_536);
+        Arc::new(Store {
+            folders,
+            index: Mutex::new(index),
+            events,
+            crc_errors: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
+    fn slot(&self, id: ChunkId) -> Option<Slot> {
+        self.index.lock().expect("index lock").get(&id).cloned()
+    }
+
+    fn leaving(&self, folder: usize) -> bool {
+        self.folders.folders[folder].spec.leaving
+    }
+
+    fn state_of(&self, id: ChunkId, st: &SlotState) -> ChunkState {
+        ChunkState { chunk: id, version: st.version, length: st.length as u32, leaving: self.leaving(st.folder) }
+    }
+
+    /// Every replica, for a full report.
+    pub async fn list(&self) -> Vec<ChunkState> {
+        let slots: Vec<(ChunkId, Slot)> =
+            self.index.lock().expect("index lock").iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for (id, slot) in slots {
+            let st = slot.lock().await;
+            if !st.gone {
+                out.push(self.state_of(id, &st));
+            }
+        }
+        out
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.index.lock().expect("index lock").len()
+    }
+
+    /// Chunks and bytes per folder.
+    async fn usage(&self) -> Vec<(u64, u64)> {
+        let mut per_folder: Vec<(u64, u64)> = vec![(0, 0); self.folders.folders.len()];
+        let slots: Vec<Slot> = self.index.lock().expect("index lock").values().cloned().collect();
+        for slot in slots {
+            let st = slot.lock().await;
+            if !st.gone {
+                per_folder[st.folder].0 += 1;
+                per_folder[st.folder].1 += st.length + crate::format::DATA_OFFSET;
+            }
+        }
+        per_folder
+    }
+
+    /// Space and load for heartbeats.
+    pub async fn load(&self) -> CsLoad {
+        let per_folder = self.usage().await;
+        let space = self.folders.space();
+        let folders: Vec<FolderLoad> = space
+            .iter()
+            .zip(&per_folder)
+            .map(|(s, (chunks, used))| FolderLoad {
+                path: s.path.display().to_string(),
+                total_bytes: s.total,
+                used_bytes: *used,
+                avail_bytes: if s.leaving { 0 } else { s.avail },
+                chunks: *chunks,
+                leaving: s.leaving,
+            })
+            .collect();
+        CsLoad {
+            total_bytes: folders.iter().map(|f| f.total_bytes).sum(),
+            used_bytes: folders.iter().map(|f| f.used_bytes).sum(),
+            avail_bytes: folders.iter().map(|f| f.avail_bytes).sum(),
+            chunks: folders.iter().map(|f| f.chunks).sum(),
+            busy: self.busy.load(Ordering::Relaxed) as u32,
+            crc_errors: self.crc_errors.load(Ordering::Relaxed),
+            folders,
+        }
+    }
+
+    /// Runs `f` on the open chunk file of `id` at `version`, on a blocking thread.
+    async fn with_file<T: Send + 'static>(
+        &self,
+        id: ChunkId,
+        version: ChunkVersion,
+        f: impl FnOnce(&mut ChunkFile) -> Result<T, ChunkError> + Send + 'static,
+    ) -> Result<T, DataError> {
+        let slot = self.slot(id).ok_or(DataError::NoChunk)?;
+        let mut st = slot.lock().await;
+        if st.gone {
+            return Err(DataError::NoChunk);
+        }
+        if st.version != version {
+            return Err(DataError::WrongVersion { have: st.version });
+        }
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        let file = st.file.take();
+        let path = self.folders.path(st.folder, id, st.version);
+        let res = tokio::task::spawn_blocking(move || {
+            let mut file = match file {
+                Some(f) => f,
+                None => ChunkFile::open(&path)?,
+            };
+            let r = f(&mut file);
+            Ok::<_, ChunkError>((file, r))
+        })
+        .await;
+        self.busy.fetch_sub(1, Ordering::Relaxed);
+        let (file, r) = res.map_err(join_error)?.map_err(io_error)?;
+        st.length = file.len();
+        st.last_used = Instant::now();
+        st.file = Some(file);
+        match r {
+            Ok(v) => Ok(v),
+            Err(ChunkError::Crc { block }) => {
+                drop(st);
+                self.damaged(id, version, block).await;
+                Err(DataError::Crc { block })
+            }
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    /// A replica failed its CRC check: it is moved aside, forgotten and reported.
+    async fn damaged(&self, id: ChunkId, version: ChunkVersion, block: u32) {
+        self.crc_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(chunk = %id.hex(), version = %version, block, "CRC error: replica dropped");
+        let Some(slot) = self.slot(id) else { return };
+        let mut st = slot.lock().await;
+        if st.gone || st.version != version {
+            return;
+        }
+        st.file = None;
+        st.gone = true;
+        let path = self.folders.path(st.folder, id, st.version);
+        let aside =
+            path.with_file_name(format!("damaged_{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("chunk")));
+        if let Err(e) = std::fs::rename(&path, &aside) {
+            tracing::warn!(error = %e, file = %path.display(), "cannot move a damaged chunk aside");
+        }
+        self.index.lock().expect("index lock").remove(&id);
+        let _ = self.events.send(StoreEvent::Damaged(id, version));
+    }
+
+    pub async fn read(&self, id: ChunkId, version: ChunkVersion, offset: u32, len: u32) -> Result<Vec<u8>, DataError> {
+        if offset as u64 + len as u64 > CHUNK_SIZE {
+            return Err(DataError::Range);
+        }
+        self.with_file(id, version, move |f| f.read(offset as u64, len)).await
+    }
+
+    pub async fn write(&self, id: ChunkId, version: ChunkVersion, offset: u32, data: Vec<u8>) -> Result<(), DataError> {
+        if offset as u64 + data.len() as u64 > CHUNK_SIZE {
+            return Err(DataError::Range);
+        }
+        self.with_file(id, version, move |f| f.write(offset as u64, &data)).await?;
+        Ok(())
+    }
+
+    pub async fn sync(&self, id: ChunkId, version: ChunkVersion) -> Result<(), DataError> {
+        self.with_file(id, version, |f| f.sync()).await
+    }
+
+    /// The data length of a replica (for replication).
+    pub async fn length(&self, id: ChunkId, version: ChunkVersion) -> Result<u64, DataError> {
+        self.with_file(id, version, |f| Ok(f.len())).await
+    }
+
+    /// Verifies one block of a replica (the scrubber's unit of work); false when the
+    /// replica is gone or has no such block.
+    pub async fn verify_block(&self, id: ChunkId, version: ChunkVersion, block: u32) -> Result<bool, DataError> {
+        self.with_file(id, version, move |f| {
+            if block >= f.blocks() {
+                return Ok(false);
+            }
+            f.read_block(block).map(|_| true)
+        })
+        .await
+    }
+
+    /// Replicas as (id, version), for the scrubber.
+    pub fn ids(&self) -> Vec<ChunkId> {
+        self.index.lock().expect("index lock").keys().copied().collect()
+    }
+
+    pub async fn version_of(&self, id: ChunkId) -> Option<ChunkVersion> {
+        let slot = self.slot(id)?;
+        let st = slot.lock().await;
+        (!st.gone).then_some(st.version)
+    }
+
+    fn announce_added(&self, id: ChunkId, st: &SlotState) {
+        let _ = self.events.send(StoreEvent::Added(self.state_of(id, st)));
+    }
+
+    /// Removes any replica of `id` (used before a create or an incoming copy replaces it).
+    async fn drop_existing(&self, id: ChunkId) {
+        let Some(slot) = self.slot(id) else { return };
+        let mut st = slot.lock().await;
+        if st.gone {
+            return;
+        }
+        st.file = None;
+        st.gone = true;
+        let path = self.folders.path(st.folder, id, st.version);
+        let _ = std::fs::remove_file(&path);
+        self.index.lock().expect("index lock").remove(&id);
+        let _ = self.events.send(StoreEvent::Removed(id, st.version));
+    }
+
+    /// Installs a new replica file written at `tmp` under its final name.
+    fn install(&self, id: ChunkId, version: ChunkVersion, folder: usize, file: ChunkFile) -> Result<(), DataError> {
+        let st = SlotState { version, folder, length: file.len(), file: None, last_used: Instant::now(), gone: false };
+        drop(file);
+        self.announce_added(id, &st);
+        self.index.lock().expect("index lock").insert(id, Arc::new(tokio::sync::Mutex::new(st)));
+        Ok(())
+    }
+
+    /// The folder for a new replica: most free space (to the GiB), then fewest chunks.
+    async fn choose_folder(&self) -> Result<usize, DataError> {
+        let usage = self.usage().await;
+        self.folders
+            .space()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.leaving && s.avail > 0)
+            .max_by_key(|(i, s)| (s.avail >> 30, std::cmp::Reverse(usage[*i].0)))
+            .map(|(i, _)| i)
+            .ok_or_else(|| DataError::Io("no data folder has free space".into()))
+    }
+
+    /// Order: create an empty replica.
+    pub async fn create(&self, id: ChunkId, version: ChunkVersion) -> Result<(), DataError> {
+        self.drop_existing(id).await;
+        let folder = self.choose_folder().await?;
+        let path = self.folders.path(folder, id, version);
+        let file = tokio::task::spawn_blocking(move || {
+            let f = ChunkFile::create(&path, id, version)?;
+            f.sync()?;
+            sync_parent(&path)?;
+            Ok::<_, ChunkError>(f)
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(io_error)?;
+        self.install(id, version, folder, file)
+    }
+
+    /// Order: move a replica to a new version (optionally cutting it to `length`).
+    pub async fn set_version(
+        &self,
+        id: ChunkId,
+        from: ChunkVersion,
+        to: ChunkVersion,
+        length: Option<u64>,
+    ) -> Result<(), DataError> {
+        let slot = self.slot(id).ok_or(DataError::NoChunk)?;
+        let mut st = slot.lock().await;
+        if st.gone {
+            return Err(DataError::NoChunk);
+        }
+        if st.version == to && length.is_none() {
+            return Ok(()); // already done (a repeated order)
+        }
+        if st.version != from {
+            return Err(DataError::WrongVersion { have: st.version });
+        }
+        let old_path = self.folders.path(st.folder, id, from);
+        let new_path = self.folders.path(st.folder, id, to);
+        let file = st.file.take();
+        let (file, res) = tokio::task::spawn_blocking(move || {
+            let mut f = match file {
+                Some(f) => f,
+                None => ChunkFile::open(&old_path)?,
+            };
+            let r = (|| {
+                if let Some(len) = length {
+                    f.truncate(len)?;
+                    f.sync()?;
+                }
+                f.set_version(to, &new_path)
+            })();
+            Ok::<_, ChunkError>((f, r))
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(io_error)?;
+        res.map_err(io_error)?;
+        st.version = to;
+        st.length = file.len();
+        st.file = Some(file);
+        let _ = self.events.send(StoreEvent::Removed(id, from));
+        self.announce_added(id, &st);
+        Ok(())
+    }
+
+    /// Order: copy replica `from` into a new chunk `to` (copy-on-write), cut to `length`.
+    pub async fn duplicate(
+        &self,
+        from: (ChunkId, ChunkVersion),
+        to: (ChunkId, ChunkVersion),
+        length: Option<u64>,
+    ) -> Result<(), DataError> {
+        let slot = self.slot(from.0).ok_or(DataError::NoChunk)?;
+        let st = slot.lock().await;
+        if st.gone {
+            return Err(DataError::NoChunk);
+        }
+        if st.version != from.1 {
+            return Err(DataError::WrongVersion { have: st.version });
+        }
+        let src = self.folders.path(st.folder, from.0, from.1);
+        let folder = st.folder;
+        drop(st);
+        self.drop_existing(to.0).await;
+        let dst = self.folders.path(folder, to.0, to.1);
+        let file = tokio::task::spawn_blocking(move || {
+            let s = ChunkFile::open(&src)?;
+            let mut d = s.copy_to(&dst, to.0, to.1)?;
+            if let Some(len) = length {
+                d.truncate(len)?;
+                d.sync()?;
+            }
+            sync_parent(&dst)?;
+            Ok::<_, ChunkError>(d)
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(io_error)?;
+        self.install(to.0, to.1, folder, file)
+    }
+
+    /// Order: delete a replica (only the version named, so a newer one is never lost).
+    pub async fn delete(&self, id: ChunkId, version: ChunkVersion) -> Result<(), DataError> {
+        let Some(slot) = self.slot(id) else { return Ok(()) };
+        let mut st = slot.lock().await;
+        if st.gone {
+            return Ok(());
+        }
+        if st.version != version {
+            return Err(DataError::WrongVersion { have: st.version });
+        }
+        st.file = None;
+        st.gone = true;
+        let path = self.folders.path(st.folder, id, version);
+        tokio::task::spawn_blocking(move || std::fs::remove_file(&path))
+            .await
+            .map_err(join_error)?
+            .map_err(|e| DataError::Io(e.to_string()))?;
+        self.index.lock().expect("index lock").remove(&id);
+        let _ = self.events.send(StoreEvent::Removed(id, version));
+        Ok(())
+    }
+
+    /// Order: receive a whole replica from a peer; `fetch(offset, len)` reads a piece of the
+    /// source and `length` is its data length.
+    pub async fn receive<F, Fut>(
+        &self,
+        id: ChunkId,
+        version: ChunkVersion,
+        length: u64,
+        mut fetch: F,
+    ) -> Result<(), DataError>
+    where
+        F: FnMut(u32, u32) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, DataError>>,
+    {
+        let folder = self.choose_folder().await?;
+        let final_path = self.folders.path(folder, id, version);
+        let tmp: PathBuf = final_path.with_extension("mfs.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let t = tmp.clone();
+        let mut file = tokio::task::spawn_blocking(move || ChunkFile::create(&t, id, version))
+            .await
+            .map_err(join_error)?
+            .map_err(io_error)?;
+        const PIECE: u64 = 1 << 20;
+        let mut offset = 0u64;
+        while offset < length {
+            let len = PIECE.min(length - offset) as u32;
+            let data = match fetch(offset as u32, len).await {
+                Ok(d) if d.len() == len as usize => d,
+                Ok(d) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(DataError::Protocol(format!("source sent {} bytes, asked {len}", d.len())));
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            };
+            let off = offset;
+            file = tokio::task::spawn_blocking(move || {
+                file.write(off, &data)?;
+                Ok::<_, ChunkError>(file)
+            })
+            .await
+            .map_err(join_error)?
+            .map_err(io_error)?;
+            offset += len as u64;
+        }
+        self.drop_existing(id).await;
+        let fp = final_path.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            file.sync()?;
+            std::fs::rename(&tmp, &fp)?;
+            sync_parent(&fp)?;
+            Ok::<_, ChunkError>(file)
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(io_error)?;
+        self.install(id, version, folder, file)
+    }
+
+    /// Closes chunk files nobody used for `idle`.
+    pub async fn close_idle(&self, idle: Duration) {
+        let slots: Vec<Slot> = self.index.lock().expect("index lock").values().cloned().collect();
+        for slot in slots {
+            if let Ok(mut st) = slot.try_lock() {
+                if st.file.is_some() && st.last_used.elapsed() > idle {
+                    st.file = None;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! `alces-mount`: mounts an Alces file system with FUSE.
+//!
+//! ```text
+//! alces-mount MNT -H host:port[,host:port...] [-S subdir] [-m] [-o opt,...] [-p] [-f]
+//! alces-mount host:port[,...] MNT [-o opt,...]         (the form `mount -t fuse.alces` uses)
+//! ```
+//! Options: `-o password=PASS`, `-o subfolder=DIR` (as -S), `-o meta`, `-o ro`, and the
+//! standard mount options (`rw`, `nodev`, `nosuid`, `defaults`, `_netdev` ...) which are
+//! accepted. Without `-f` the mount runs in the background once it is mounted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use alces_client::fs::{AlcesFs, Options as FsOptions};
+use alces_client::master_link::{MasterClient, Options};
+use alces_client::meta_fs::MetaFs;
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use fuser::{Config, MountOption, SessionACL};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Mount an Alces file system", version)]
+struct Args {
+    /// Mount point (or, in the `mount -t fuse.alces SOURCE MNT` form, the masters).
+    first: String,
+    /// Mount point when the masters are given first.
+    second: Option<String>,
+    /// Masters: host:port of every master's client port, comma separated.
+    #[arg(short = 'H', long = "masters", env = "ALCES_MASTERS")]
+    masters: Option<String>,
+    /// Mount this subdirectory of the export.
+    #[arg(short = 'S', long = "subfolder", default_value = "/")]
+    subfolder: String,
+    /// Mount the meta file system (trash, reserved).
+    #[arg(short = 'm', long = "meta")]
+    meta: bool,
+    /// Ask for the export password on the terminal.
+    #[arg(short = 'p')]
+    prompt: bool,
+    /// Mount options, comma separated.
+    #[arg(short = 'o')]
+    options: Vec<String>,
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    foreground: bool,
+}
+
+struct Parsed {
+    masters: Vec<String>,
+    mountpoint: PathBuf,
+    subfolder: String,
+    meta: bool,
+    password: Option<String>,
+    read_only: bool,
+}
+
+fn parse(a: &Args) -> Result<Parsed> {
+    let (masters, mnt) = match (&a.second, &a.masters) {
+        (Some(mnt), _) => (a.first.clone(), mnt.clone()),
+        (None, Some(m)) => (m.clone(), a.first.clone()),
+        (None, None) => bail!("no masters given: use -H host:port[,host:port...]"),
+    };
+    let mut p = Parsed {
+        masters: masters.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        mountpoint: PathBuf::from(mnt),
+        subfolder: a.subfolder.clone(),
+        meta: a.meta,
+        password: std::env::var("ALCES_PASSWORD").ok(),
+        read_only: false,
+    };
+    for opt in a.options.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
+        match opt.split_once('=') {
+            Some(("password", v)) => p.password = Some(v.to_string()),
+            Some(("subfolder" | "mfssubfolder", v)) => p.subfolder = v.to_string(),
+            None if opt == "meta" || opt == "mfsmeta" => p.meta = true,
+            None if opt == "ro" => p.read_only = true,
+            None if [
+                "rw", "defaults", "nodev", "nosuid", "dev", "suid", "exec", "noexec", "auto", "noauto", "_netdev",
+                "user", "nouser",
+            ]
+            .contains(&opt) => {}
+            _ => bail!("unknown mount option {opt:?}"),
+        }
+    }
+    if a.prompt {
+        eprint!("Alces password: ");
+        let mut pw = String::new();
+        std::io::stdin().read_line(&mut pw)?;
+        p.password = Some(pw.trim_end_matches(['\n', '\r']).to_string());
+    }
+    if p.masters.is_empty() {
+        bail!("no masters given");
+    }
+    Ok(p)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let p = parse(&args)?;
+    if !args.foreground {
+        return background(&p);
+    }
+    alces_config::init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut opts = Options::new(p.masters.clone());
+    opts.path = p.subfolder.clone();
+    opts.meta = p.meta;
+    opts.password = p.password.clone();
+    opts.client_name = format!("{host}:{}", p.mountpoint.display());
+    let master = rt.block_on(MasterClient::connect(opts)).context("registering with the masters")?;
+    let mut mount_opts = vec![
+        MountOption::FSName(format!("alces:{}", p.masters.join(","))),
+        MountOption::Subtype("alces".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if p.read_only {
+        mount_opts.push(MountOption::RO);
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_opts;
+    config.acl = SessionACL::All;
+    let session = if p.meta {
+        fuser::spawn_mount(MetaFs::new(rt.handle().clone(), master.clone()), &p.mountpoint, &config)
+    } else {
+        let info = serde_json::json!({ "masters": p.masters, "path": p.subfolder, "mountpoint": p.mountpoint })
+            .to_string()
+            + "\n";
+        let fs_opts = FsOptions { masterinfo: info, ..Default::default() };
+        fuser::spawn_mount(AlcesFs::new(rt.handle().clone(), master.clone(), fs_opts), &p.mountpoint, &config)
+    }
+    .with_context(|| format!("mounting at {}", p.mountpoint.display()))?;
+    tracing::info!(mountpoint = %p.mountpoint.display(), "mounted");
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = wait_unmounted(&p.mountpoint) => {}
+        }
+        anyhow::Ok(())
+    })?;
+    tracing::info!("unmounting");
+    drop(session);
+    rt.block_on(master.close());
+    Ok(())
+}
+
+/// Returns when the mount point is no longer mounted (someone ran umount).
+async fn wait_unmounted(mnt: &Path) {
+    let mnt = mnt.canonicalize().unwrap_or_else(|_| mnt.to_path_buf());
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let want = mnt.display().to_string();
+        if !info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())) {
+            return;
+        }
+    }
+}
+
+/// Starts the mount in the foreground as a child, waits until it is mounted, and leaves it
+/// running in the background.
+fn background(p: &Parsed) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.push("-f".into());
+    let log = std::env::var("ALCES_MOUNT_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("alces-mount.log"));
+    let out = std::fs::File::options().create(true).append(true).open(&log)?;
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(exe)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()?;
+    let mnt = p.mountpoint.canonicalize().unwrap_or_else(|_| p.mountpoint.clone());
+    let want = mnt.display().to_string();
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait()? {
+            bail!("alces-mount exited with {status} before mounting; see {}", log.display());
+        }
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("not mounted after 60 s; see {}", log.display())
+}

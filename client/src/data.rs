@@ -1,0 +1,276 @@
+//! The data path: reading replicas and writing through chains of chunkservers.
+//!
+//! Reads ask the master where a chunk is (cached briefly), read from one replica, and on a
+//! CRC error or an unreachable server try the next replica (reporting a bad one). Writes get
+//! a lease from the master, stream pieces of at most one 64 KiB block to the first server of
+//! the chain with many pieces in flight, finish with a sync on every replica, and then commit
+//! the new length. A failed chain is retried with a fresh lease.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, MAX_READ};
+use alces_proto::link::client_master::{ClientReply, ClientRequest};
+use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, Creds, Inode, BLOCK_SIZE, CHUNK_SIZE};
+use alces_proto::{Connection, Handshake, LinkKind, Status};
+
+use crate::master_link::{CallError, MasterClient};
+
+/// How long a chunk's locations are trusted without asking the master again.
+const LOCATION_TTL: Duration = Duration::from_secs(3);
+/// Pieces of a write in flight to the first chunkserver, at most.
+const WRITE_WINDOW: usize = 64;
+/// Attempts (each with fresh locations or a fresh lease) before an I/O error is returned.
+const ATTEMPTS: usize = 8;
+
+#[derive(Debug, Clone)]
+struct Located {
+    file_size: u64,
+    chunk: Option<(ChunkId, ChunkVersion)>,
+    locations: Vec<ChunkLocation>,
+    at: Instant,
+}
+
+/// Connections to chunkservers and what is known about chunk locations.
+pub struct DataPath {
+    master: MasterClient,
+    idle: Mutex<HashMap<String, Vec<Connection>>>,
+    located: Mutex<HashMap<(Inode, u32), Located>>,
+}
+
+fn status(e: CallError) -> Status {
+    match e {
+        CallError::Status(s) => s,
+        CallError::Refused(_) => Status::Access,
+        CallError::Unavailable(_) => Status::Io,
+    }
+}
+
+impl DataPath {
+    pub fn new(master: MasterClient) -> Self {
+        DataPath { master, idle: Mutex::default(), located: Mutex::default() }
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Connection, String> {
+        if let Some(c) = self.idle.lock().expect("pool lock").get_mut(addr).and_then(Vec::pop) {
+            return Ok(c);
+        }
+        let mut c = Connection::connect(addr, alces_proto::DEFAULT_MAX_FRAME, Duration::from_secs(3))
+            .await
+            .map_err(|e| e.to_string())?;
+        Handshake::new(LinkKind::ClientChunkserver, "client", None).dial(&mut c).await.map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    fn give_back(&self, addr: &str, c: Connection) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let v = idle.entry(addr.to_string()).or_default();
+        if v.len() < 8 {
+            v.push(c);
+        }
+    }
+
+    /// Forgets what is cached about a file (after a write, a truncate, an error).
+    pub fn invalidate(&self, inode: Inode) {
+        self.located.lock().expect("location lock").retain(|(i, _), _| *i != inode);
+    }
+
+    async fn locate(&self, inode: Inode, index: u32, fresh: bool) -> Result<Located, Status> {
+        if !fresh {
+            if let Some(l) = self.located.lock().expect("location lock").get(&(inode, index)) {
+                if l.at.elapsed() < LOCATION_TTL {
+                    return Ok(l.clone());
+                }
+            }
+        }
+        let reply =
+            self.master.call(&Creds::root(), ClientRequest::ReadChunk { inode, index }).await.map_err(status)?;
+        let ClientReply::ChunkLocations { file_size, chunk, locations } = reply else { return Err(Status::Io) };
+        let l = Located { file_size, chunk, locations, at: Instant::now() };
+        self.located.lock().expect("location lock").insert((inode, index), l.clone());
+        Ok(l)
+    }
+
+    /// Reads up to `len` bytes at `offset` as stored (not beyond the file size the master
+    /// knows); returns fewer bytes at the end of the file.
+    pub async fn read(&self, inode: Inode, offset: u64, len: u32) -> Result<Vec<u8>, Status> {
+        let mut out = Vec::with_capacity(len as usize);
+        let mut pos = offset;
+        let end = offset + len as u64;
+        while pos < end {
+            let index = (pos / CHUNK_SIZE) as u32;
+            let in_chunk = pos % CHUNK_SIZE;
+            let want = (end - pos).min(CHUNK_SIZE - in_chunk) as u32;
+            let (data, file_size) = self.read_in_chunk(inode, index, in_chunk as u32, want).await?;
+            let stop = file_size.saturating_sub(pos).min(want as u64) as usize;
+            out.extend_from_slice(&data[..stop.min(data.len())]);
+            if (stop as u32) < want {
+                break;
+            }
+            pos += want as u64;
+        }
+        Ok(out)
+    }
+
+    /// Reads within one chunk; returns the bytes (zeros for holes) and the file size.
+    async fn read_in_chunk(&self, inode: Inode, index: u32, offset: u32, len: u32) -> Result<(Vec<u8>, u64), Status> {
+        let mut last = Status::Io;
+        for attempt in 0..ATTEMPTS {
+            let l = self.locate(inode, index, attempt > 0).await?;
+            let wanted = (l.file_size.saturating_sub(index as u64 * CHUNK_SIZE + offset as u64)).min(len as u64) as u32;
+            let Some((chunk, version)) = l.chunk else {
+                return Ok((vec![0u8; wanted as usize], l.file_size));
+            };
+            if wanted == 0 {
+                return Ok((Vec::new(), l.file_size));
+            }
+            for loc in &l.locations {
+                match self.read_replica(loc, chunk, version, offset, wanted).await {
+                    Ok(data) => return Ok((data, l.file_size)),
+                    Err(ReadFailure::Bad(e)) => {
+                        tracing::warn!(chunk = %chunk.hex(), server = %loc.addr, error = %e, "bad replica");
+                        let report = ClientRequest::ReportBadReplica { chunk, version, server: loc.id };
+                        let _ = self.master.call(&Creds::root(), report).await;
+                        last = Status::Io;
+                    }
+                    Err(ReadFailure::Stale(e)) | Err(ReadFailure::Unreachable(e)) => {
+                        tracing::debug!(chunk = %chunk.hex(), server = %loc.addr, error = %e, "replica unusable");
+                        last = Status::Io;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1))).await;
+        }
+        Err(last)
+    }
+
+    async fn read_replica(
+        &self,
+        loc: &ChunkLocation,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        offset: u32,
+        len: u32,
+    ) -> Result<Vec<u8>, ReadFailure> {
+        let mut conn = self.connect(&loc.addr).await.map_err(ReadFailure::Unreachable)?;
+        let mut out = Vec::with_capacity(len as usize);
+        let mut pos = offset;
+        while pos < offset + len {
+            let piece = (offset + len - pos).min(MAX_READ);
+            let req = DataRequest::Read { chunk, version, offset: pos, len: piece };
+            match conn.call::<_, DataReply>(&req, Duration::from_secs(30)).await {
+                Ok(DataReply::Data(d)) if d.len() == piece as usize => out.extend_from_slice(&d),
+                Ok(DataReply::Error(DataError::Crc { block })) => {
+                    return Err(ReadFailure::Bad(format!("CRC error in block {block}")))
+                }
+                Ok(DataReply::Error(e)) => return Err(ReadFailure::Stale(e.to_string())),
+                Ok(other) => return Err(ReadFailure::Unreachable(format!("unexpected {other:?}"))),
+                Err(e) => return Err(ReadFailure::Unreachable(e.to_string())),
+            }
+            pos += piece;
+        }
+        self.give_back(&loc.addr, conn);
+        Ok(out)
+    }
+
+    /// Writes `pieces` (offset within the chunk, bytes) to slot `index` of a file, durably on
+    /// every replica, then records that the file is at least `size` bytes long.
+    pub async fn write_chunk(
+        &self,
+        inode: Inode,
+        index: u32,
+        pieces: &[(u32, &[u8])],
+        size: u64,
+    ) -> Result<(), Status> {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            let lease =
+                self.master.call(&Creds::root(), ClientRequest::WriteChunk { inode, index }).await.map_err(status)?;
+            let ClientReply::WriteLease { chunk, version, chain, .. } = lease else { return Err(Status::Io) };
+            match self.write_chain(chunk, version, &chain, pieces).await {
+                Ok(()) => {
+                    let end = ClientRequest::WriteEnd { inode, index, chunk, size };
+                    self.master.call(&Creds::root(), end).await.map_err(status)?;
+                    self.invalidate(inode);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(chunk = %chunk.hex(), attempt, error = %e, "chained write failed; retrying with a new lease");
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1))).await;
+                }
+            }
+        }
+        tracing::error!(inode = %inode, index, error = %last, "write failed");
+        Err(Status::Io)
+    }
+
+    async fn write_chain(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain: &[ChunkLocation],
+        pieces: &[(u32, &[u8])],
+    ) -> Result<(), String> {
+        let head = chain.first().ok_or("empty chain")?;
+        let conn = self.connect(&head.addr).await?;
+        let (mut reader, mut writer) = conn.split();
+        writer
+            .send(&DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec() })
+            .await
+            .map_err(|e| e.to_string())?;
+        match reader.expect::<DataReply>().await.map_err(|e| e.to_string())? {
+            DataReply::WriteReady => {}
+            other => return Err(format!("chain refused the write: {other:?}")),
+        }
+        // Split at block boundaries; keep up to WRITE_WINDOW pieces unacknowledged.
+        let mut split: Vec<(u32, &[u8])> = Vec::new();
+        for &(off, data) in pieces {
+            let mut pos = 0usize;
+            while pos < data.len() {
+                let at = off as u64 + pos as u64;
+                let room = (BLOCK_SIZE - at % BLOCK_SIZE) as usize;
+                let take = room.min(data.len() - pos);
+                split.push((at as u32, &data[pos..pos + take]));
+                pos += take;
+            }
+        }
+        let total = split.len() as u64;
+        let mut sent = 0u64;
+        let mut acked = 0u64;
+        while acked < total {
+            while sent < total && sent - acked < WRITE_WINDOW as u64 {
+                let (offset, data) = split[sent as usize];
+                writer
+                    .feed(&DataRequest::WriteData { id: sent, offset, data: data.to_vec() })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sent += 1;
+            }
+            writer.flush().await.map_err(|e| e.to_string())?;
+            match reader.expect::<DataReply>().await.map_err(|e| e.to_string())? {
+                DataReply::WriteDone { id } if id == acked => acked += 1,
+                other => return Err(format!("piece {acked}: {other:?}")),
+            }
+        }
+        writer.send(&DataRequest::WriteFinish { id: total }).await.map_err(|e| e.to_string())?;
+        match reader.expect::<DataReply>().await.map_err(|e| e.to_string())? {
+            DataReply::WriteFinished { id } if id == total => {}
+            other => return Err(format!("finish: {other:?}")),
+        }
+        if let Some(c) = Connection::rejoin(reader, writer) {
+            self.give_back(&head.addr, c);
+        }
+        Ok(())
+    }
+}
+
+enum ReadFailure {
+    /// The replica is corrupt (CRC): report it.
+    Bad(String),
+    /// The replica has another version or is gone: ask the master again.
+    Stale(String),
+    /// The server could not be reached.
+    Unreachable(String),
+}

@@ -1,0 +1,957 @@
+//! The FUSE file system of `alces-mount`.
+//!
+//! Every callback hands its work to the tokio runtime and answers the kernel from there, so
+//! slow operations (a failover, a chained write) never block other requests. Writes are
+//! buffered per file within a memory budget and written out in whole chunks at `flush`,
+//! `fsync`, `close`, or when a file's buffer is full; reads see buffered data (a file's buffer
+//! is written out before it is read). Sequential reads are served from a read-ahead window.
+//! Attributes and entries are cached by the kernel for [`Options::attr_ttl`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use alces_proto::link::client_master::{ClientReply, ClientRequest};
+use alces_proto::types::{Attr, Creds, FileKind, Inode, Name, SetAttr, TimeSet, Timestamp, CHUNK_SIZE};
+use alces_proto::Status;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow,
+};
+use tokio::runtime::Handle;
+
+use crate::data::DataPath;
+use crate::master_link::{CallError, MasterClient};
+
+/// The control file at the mount root that the `alces` tools read to find the cluster.
+pub const MASTERINFO_NAME: &str = ".masterinfo";
+pub const MASTERINFO_INODE: u64 = u64::MAX - 16;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub attr_ttl: Duration,
+    /// A file's buffered writes are written out when they reach this many bytes.
+    pub flush_at: usize,
+    /// Buffered bytes of all files together, at most.
+    pub write_budget: usize,
+    /// Bytes fetched ahead for sequential reads.
+    pub read_ahead: usize,
+    /// What `.masterinfo` says (the cluster and the mounted path).
+    pub masterinfo: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            attr_ttl: Duration::from_secs(1),
+            flush_at: 16 << 20,
+            write_budget: 256 << 20,
+            read_ahead: 4 << 20,
+            masterinfo: String::new(),
+        }
+    }
+}
+
+/// Buffered writes of one file.
+#[derive(Default)]
+struct Dirty {
+    /// Non-overlapping extents by offset.
+    extents: BTreeMap<u64, Vec<u8>>,
+    bytes: usize,
+    max_end: u64,
+}
+
+impl Dirty {
+    fn add(&mut self, offset: u64, data: &[u8]) {
+        let end = offset + data.len() as u64;
+        // Merge with every extent that overlaps or touches [offset, end).
+        let mut start = offset;
+        let mut merged: Vec<u8> = Vec::new();
+        let touching: Vec<u64> =
+            self.extents.range(..=end).filter(|(o, d)| **o + d.len() as u64 >= offset).map(|(o, _)| *o).collect();
+        let mut pieces = Vec::new();
+        for o in touching {
+            let d = self.extents.remove(&o).expect("present");
+            self.bytes -= d.len();
+            pieces.push((o, d));
+        }
+        if let Some((first, _)) = pieces.first() {
+            start = start.min(*first);
+        }
+        let last_end = pieces.iter().map(|(o, d)| o + d.len() as u64).max().unwrap_or(end).max(end);
+        merged.resize((last_end - start) as usize, 0);
+        for (o, d) in &pieces {
+            let at = (o - start) as usize;
+            merged[at..at + d.len()].copy_from_slice(d);
+        }
+        let at = (offset - start) as usize;
+        merged[at..at + data.len()].copy_from_slice(data);
+        self.bytes += merged.len();
+        self.max_end = self.max_end.max(end);
+        self.extents.insert(start, merged);
+    }
+
+    /// Drops buffered bytes at or beyond `size` (a truncate).
+    fn cut(&mut self, size: u64) {
+        let offsets: Vec<u64> = self.extents.range(..).map(|(o, _)| *o).collect();
+        for o in offsets {
+            let d = self.extents.get_mut(&o).expect("present");
+            if o >= size {
+                self.bytes -= d.len();
+                self.extents.remove(&o);
+            } else if o + d.len() as u64 > size {
+                let keep = (size - o) as usize;
+                self.bytes -= d.len() - keep;
+                d.truncate(keep);
+            }
+        }
+        self.max_end = self.max_end.min(size);
+    }
+}
+
+enum Handle_ {
+    File { inode: Inode, read_ahead: Mutex<Option<(u64, Vec<u8>)>>, last_end: AtomicU64 },
+    Dir { entries: Vec<(Vec<u8>, u64, FileType)> },
+}
+
+struct Inner {
+    rt: Handle,
+    master: MasterClient,
+    data: DataPath,
+    opts: Options,
+    dirty: Mutex<HashMap<Inode, Arc<tokio::sync::Mutex<Dirty>>>>,
+    dirty_bytes: AtomicUsize,
+    handles: Mutex<HashMap<u64, Arc<Handle_>>>,
+    next_fh: AtomicU64,
+}
+
+/// The mounted file system.
+pub struct AlcesFs {
+    inner: Arc<Inner>,
+}
+
+fn errno(s: Status) -> Errno {
+    Errno::from_i32(s.errno())
+}
+
+fn call_errno(e: CallError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn time(t: Timestamp) -> SystemTime {
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::CharDev => FileType::CharDevice,
+    }
+}
+
+fn fuse_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.inode.0),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: time(a.ctime),
+        kind: file_type(a.kind),
+        perm: a.mode,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 65536,
+        flags: 0,
+    }
+}
+
+fn masterinfo_attr(len: usize) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(MASTERINFO_INODE),
+        size: len as u64,
+        blocks: 1,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0o444,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// The caller's credentials, with supplementary groups from /proc.
+fn creds(req: &Request) -> Creds {
+    let groups = std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        })
+        .unwrap_or_default();
+    Creds { uid: req.uid(), gid: req.gid(), groups }
+}
+
+fn name(n: &OsStr) -> Result<Name, Errno> {
+    Name::new(n.as_bytes().to_vec()).map_err(errno)
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(st) => {
+            let d = st.duration_since(UNIX_EPOCH).unwrap_or_default();
+            TimeSet::At(Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() })
+        }
+    }
+}
+
+impl Inner {
+    async fn call(&self, creds: &Creds, req: ClientRequest) -> Result<ClientReply, Errno> {
+        self.master.call(creds, req).await.map_err(call_errno)
+    }
+
+    async fn attr_call(&self, creds: &Creds, req: ClientRequest) -> Result<Attr, Errno> {
+        match self.call(creds, req).await? {
+            ClientReply::Attr(a) => Ok(self.with_dirty_size(a)),
+            _ => Err(Errno::EIO),
+        }
+    }
+
+    /// The size a file has once its buffered writes are out.
+    fn with_dirty_size(&self, mut a: Attr) -> Attr {
+        if let Some(d) = self.dirty.lock().expect("dirty lock").get(&a.inode) {
+            if let Ok(d) = d.try_lock() {
+                a.size = a.size.max(d.max_end);
+            }
+        }
+        a
+    }
+
+    /// Drops a file's buffered bytes at or beyond `size`.
+    async fn cut(&self, inode: Inode, size: u64) {
+        let d = self.dirty.lock().expect("dirty lock").get(&inode).cloned();
+        if let Some(d) = d {
+            let mut d = d.lock().await;
+            let before = d.bytes;
+            d.cut(size);
+            self.dirty_bytes.fetch_sub(before - d.bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn dirty_of(&self, inode: Inode) -> Arc<tokio::sync::Mutex<Dirty>> {
+        self.dirty.lock().expect("dirty lock").entry(inode).or_default().clone()
+    }
+
+    /// Writes out a file's buffered data, chunk by chunk.
+    async fn flush(&self, inode: Inode) -> Result<(), Errno> {
+        let d = self.dirty.lock().expect("dirty lock").get(&inode).cloned();
+        let Some(d) = d else { return Ok(()) };
+        let mut d = d.lock().await;
+        if d.extents.is_empty() {
+            return Ok(());
+        }
+        let extents = std::mem::take(&mut d.extents);
+        let size = d.max_end;
+        let bytes = std::mem::take(&mut d.bytes);
+        // Group pieces by chunk.
+        let mut by_chunk: BTreeMap<u32, Vec<(u32, &[u8])>> = BTreeMap::new();
+        for (off, data) in &extents {
+            let mut pos = 0usize;
+            while pos < data.len() {
+                let at = off + pos as u64;
+                let index = (at / CHUNK_SIZE) as u32;
+                let take = ((CHUNK_SIZE - at % CHUNK_SIZE) as usize).min(data.len() - pos);
+                by_chunk.entry(index).or_default().push(((at % CHUNK_SIZE) as u32, &data[pos..pos + take]));
+                pos += take;
+            }
+        }
+        let results = futures::future::join_all(
+            by_chunk.iter().map(|(index, pieces)| self.data.write_chunk(inode, *index, pieces, size)),
+        )
+        .await;
+        self.dirty_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+            return Err(errno(e));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, inode: Inode, offset: u64, data: Vec<u8>) -> Result<u32, Errno> {
+        let len = data.len() as u32;
+        let d = self.dirty_of(inode);
+        let full = {
+            let mut d = d.lock().await;
+            let before = d.bytes;
+            d.add(offset, &data);
+            let grown = d.bytes.saturating_sub(before);
+            self.dirty_bytes.fetch_add(grown, Ordering::Relaxed);
+            if d.bytes < before {
+                self.dirty_bytes.fetch_sub(before - d.bytes, Ordering::Relaxed);
+            }
+            d.bytes >= self.opts.flush_at || self.dirty_bytes.load(Ordering::Relaxed) >= self.opts.write_budget
+        };
+        if full {
+            self.flush(inode).await?;
+        }
+        Ok(len)
+    }
+
+    async fn read(&self, h: &Handle_, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let Handle_::File { inode, read_ahead, last_end } = h else { return Err(Errno::EISDIR) };
+        self.flush(*inode).await?;
+        let end = offset + size as u64;
+        if let Some((start, buf)) = &*read_ahead.lock().expect("read-ahead lock") {
+            if offset >= *start && end <= start + buf.len() as u64 {
+                let at = (offset - start) as usize;
+                last_end.store(end, Ordering::Relaxed);
+                return Ok(buf[at..at + size as usize].to_vec());
+            }
+        }
+        let sequential = last_end.load(Ordering::Relaxed) == offset;
+        let fetch = if sequential { (size as usize).max(self.opts.read_ahead) as u32 } else { size };
+        let data = self.data.read(*inode, offset, fetch).await.map_err(errno)?;
+        last_end.store(end, Ordering::Relaxed);
+        let out = data[..data.len().min(size as usize)].to_vec();
+        if data.len() > size as usize {
+            *read_ahead.lock().expect("read-ahead lock") = Some((offset, data));
+        }
+        Ok(out)
+    }
+
+    fn forget_read_ahead(&self, inode: Inode) {
+        for h in self.handles.lock().expect("handle lock").values() {
+            if let Handle_::File { inode: i, read_ahead, .. } = &**h {
+                if *i == inode {
+                    *read_ahead.lock().expect("read-ahead lock") = None;
+                }
+            }
+        }
+    }
+
+    fn new_handle(&self, h: Handle_) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().expect("handle lock").insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn handle(&self, fh: FileHandle) -> Option<Arc<Handle_>> {
+        self.handles.lock().expect("handle lock").get(&fh.0).cloned()
+    }
+
+    fn file_handle(inode: Inode) -> Handle_ {
+        Handle_::File { inode, read_ahead: Mutex::new(None), last_end: AtomicU64::new(u64::MAX) }
+    }
+}
+
+impl AlcesFs {
+    pub fn new(rt: Handle, master: MasterClient, opts: Options) -> AlcesFs {
+        let data = DataPath::new(master.clone());
+        AlcesFs {
+            inner: Arc::new(Inner {
+                rt,
+                master,
+                data,
+                opts,
+                dirty: Mutex::default(),
+                dirty_bytes: AtomicUsize::new(0),
+                handles: Mutex::default(),
+                next_fh: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Runs `f` on the runtime; `f` answers the kernel itself.
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        self.inner.rt.spawn(f(inner));
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, ttl: Duration, r: Result<Attr, Errno>) {
+    match r {
+        Ok(a) => reply.entry(&ttl, &fuse_attr(&a), Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Filesystem for AlcesFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let ttl = self.inner.opts.attr_ttl;
+        if parent.0 == 1 && n.as_bytes() == MASTERINFO_NAME.as_bytes() {
+            return reply.entry(&ttl, &masterinfo_attr(self.inner.opts.masterinfo.len()), Generation(0));
+        }
+        let creds = creds(req);
+        let n = match name(n) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            let r = fs.attr_call(&creds, ClientRequest::Lookup { parent: Inode(parent.0), name: n }).await;
+            reply_entry(reply, ttl, r);
+        });
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let ttl = self.inner.opts.attr_ttl;
+        if ino.0 == MASTERINFO_INODE {
+            return reply.attr(&ttl, &masterinfo_attr(self.inner.opts.masterinfo.len()));
+        }
+        let creds = creds(req);
+        self.spawn(move |fs| async move {
+            match fs.attr_call(&creds, ClientRequest::GetAttr { inode: Inode(ino.0) }).await {
+                Ok(a) => reply.attr(&ttl, &fuse_attr(&a)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let ttl = self.inner.opts.attr_ttl;
+        let creds = creds(req);
+        let set = SetAttr {
+            mode: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+        };
+        self.spawn(move |fs| async move {
+            let inode = Inode(ino.0);
+            if let Some(size) = size {
+                // Buffered data beyond the new end must not come back.
+                fs.cut(inode, size).await;
+                if let Err(e) = fs.flush(inode).await {
+                    return reply.error(e);
+                }
+                fs.forget_read_ahead(inode);
+                fs.data.invalidate(inode);
+            }
+            let r = fs.attr_call(&creds, ClientRequest::SetAttr { inode, set, handle: fh.is_some() }).await;
+            match r {
+                Ok(a) => reply.attr(&ttl, &fuse_attr(&a)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let creds = creds(req);
+        self.spawn(move |fs| async move {
+            match fs.call(&creds, ClientRequest::ReadLink { inode: Inode(ino.0) }).await {
+                Ok(ClientReply::ReadLink(t)) => reply.data(&t),
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let Some(kind) = FileKind::from_mode(mode) else { return reply.error(Errno::EINVAL) };
+        self.create_node(req, parent, n, kind, mode, umask, rdev, reply);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.create_node(req, parent, n, FileKind::Dir, mode, umask, 0, reply);
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.remove(req, parent, n, false, reply);
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.remove(req, parent, n, true, reply);
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let ttl = self.inner.opts.attr_ttl;
+        let creds = creds(req);
+        let n = match name(link) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(move |fs| async move {
+            let r = fs.attr_call(&creds, ClientRequest::Symlink { parent: Inode(parent.0), name: n, target }).await;
+            reply_entry(reply, ttl, r);
+        });
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let creds = creds(req);
+        let (n, nn) = match (name(n), name(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            let body = ClientRequest::Rename {
+                parent: Inode(parent.0),
+                name: n,
+                new_parent: Inode(newparent.0),
+                new_name: nn,
+                flags: flags.bits(),
+            };
+            reply_empty(reply, fs.call(&creds, body).await.map(|_| ()));
+        });
+    }
+
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let ttl = self.inner.opts.attr_ttl;
+        let creds = creds(req);
+        let n = match name(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            let r = fs
+                .attr_call(&creds, ClientRequest::Link { inode: Inode(ino.0), parent: Inode(newparent.0), name: n })
+                .await;
+            reply_entry(reply, ttl, r);
+        });
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if ino.0 == MASTERINFO_INODE {
+            let fh = self.inner.new_handle(Inner::file_handle(Inode(MASTERINFO_INODE)));
+            return reply.opened(FileHandle(fh), FopenFlags::empty());
+        }
+        let creds = creds(req);
+        self.spawn(move |fs| async move {
+            let inode = Inode(ino.0);
+            if flags.0 & libc::O_TRUNC != 0 {
+                fs.cut(inode, 0).await;
+                fs.data.invalidate(inode);
+            }
+            match fs.call(&creds, ClientRequest::Open { inode, flags: flags.0 as u32 }).await {
+                Ok(_) => {
+                    fs.forget_read_ahead(inode);
+                    let fh = fs.new_handle(Inner::file_handle(inode));
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        if ino.0 == MASTERINFO_INODE {
+            let info = self.inner.opts.masterinfo.as_bytes();
+            let start = (offset as usize).min(info.len());
+            let end = (start + size as usize).min(info.len());
+            return reply.data(&info[start..end]);
+        }
+        let Some(h) = self.inner.handle(fh) else { return reply.error(Errno::EBADF) };
+        self.spawn(move |fs| async move {
+            match fs.read(&h, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wflags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if offset.checked_add(data.len() as u64).is_none_or(|e| e > i64::MAX as u64) {
+            return reply.error(Errno::EFBIG);
+        }
+        let data = data.to_vec();
+        self.spawn(move |fs| async move {
+            let inode = Inode(ino.0);
+            fs.forget_read_ahead(inode);
+            match fs.write(inode, offset, data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock: fuser::LockOwner, reply: ReplyEmpty) {
+        if ino.0 == MASTERINFO_INODE {
+            return reply.ok();
+        }
+        self.spawn(move |fs| async move { reply_empty(reply, fs.flush(Inode(ino.0)).await) });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let h = self.inner.handles.lock().expect("handle lock").remove(&fh.0);
+        if ino.0 == MASTERINFO_INODE || h.is_none() {
+            return reply.ok();
+        }
+        self.spawn(move |fs| async move {
+            let inode = Inode(ino.0);
+            let r = fs.flush(inode).await;
+            let _ = fs.call(&Creds::root(), ClientRequest::Release { inode }).await;
+            let still_open = fs
+                .handles
+                .lock()
+                .expect("handle lock")
+                .values()
+                .any(|h| matches!(&**h, Handle_::File { inode: i, .. } if *i == inode));
+            if !still_open {
+                fs.dirty.lock().expect("dirty lock").remove(&inode);
+            }
+            reply_empty(reply, r);
+        });
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn(move |fs| async move { reply_empty(reply, fs.flush(Inode(ino.0)).await) });
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let creds = creds(req);
+        self.spawn(move |fs| async move {
+            let inode = Inode(ino.0);
+            if let Err(e) = fs.call(&creds, ClientRequest::OpenDir { inode }).await {
+                return reply.error(e);
+            }
+            // The kernel resolves `..` itself; the inode number given for it is informational.
+            let mut entries: Vec<(Vec<u8>, u64, FileType)> =
+                vec![(b".".to_vec(), ino.0, FileType::Directory), (b"..".to_vec(), ino.0, FileType::Directory)];
+            if ino.0 == 1 {
+                entries.push((MASTERINFO_NAME.as_bytes().to_vec(), MASTERINFO_INODE, FileType::RegularFile));
+            }
+            let mut after: Option<Name> = None;
+            loop {
+                let req = ClientRequest::ReadDir { inode, after: after.clone(), limit: 4096, plus: false };
+                match fs.call(&creds, req).await {
+                    Ok(ClientReply::Entries(list)) => {
+                        let Some(last) = list.last() else { break };
+                        after = Some(last.0.clone());
+                        entries.extend(list.into_iter().map(|(n, i, k, _)| (n.as_bytes().to_vec(), i.0, file_type(k))));
+                    }
+                    Ok(_) => return reply.error(Errno::EIO),
+                    Err(e) => return reply.error(e),
+                }
+            }
+            let fh = fs.new_handle(Handle_::Dir { entries });
+            reply.opened(FileHandle(fh), FopenFlags::empty());
+        });
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(h) = self.inner.handle(fh) else { return reply.error(Errno::EBADF) };
+        let Handle_::Dir { entries } = &*h else { return reply.error(Errno::ENOTDIR) };
+        for (i, (n, ino, kind)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, OsStr::from_bytes(n)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.inner.handles.lock().expect("handle lock").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let creds = creds(req);
+        self.spawn(move |fs| async move {
+            match fs.call(&creds, ClientRequest::StatFs).await {
+                Ok(ClientReply::StatFs { total_bytes, avail_bytes, inodes, .. }) => {
+                    let bs = 65536u64;
+                    reply.statfs(
+                        total_bytes / bs,
+                        avail_bytes / bs,
+                        avail_bytes / bs,
+                        inodes + 1_000_000,
+                        1_000_000,
+                        bs as u32,
+                        255,
+                        bs as u32,
+                    )
+                }
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn setxattr(&self, req: &Request, ino: INodeNo, n: &OsStr, value: &[u8], flags: i32, _pos: u32, reply: ReplyEmpty) {
+        let creds = creds(req);
+        let (n, value) = (n.as_bytes().to_vec(), value.to_vec());
+        self.spawn(move |fs| async move {
+            let body = ClientRequest::SetXattr { inode: Inode(ino.0), name: n, value, flags: flags as u32 };
+            reply_empty(reply, fs.call(&creds, body).await.map(|_| ()));
+        });
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino.0 == MASTERINFO_INODE {
+            return reply.error(Errno::ENODATA);
+        }
+        let creds = creds(req);
+        let n = n.as_bytes().to_vec();
+        self.spawn(move |fs| async move {
+            match fs.call(&creds, ClientRequest::GetXattr { inode: Inode(ino.0), name: n }).await {
+                Ok(ClientReply::Xattr(v)) => xattr_reply(reply, size, &v),
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if ino.0 == MASTERINFO_INODE {
+            return xattr_reply(reply, size, &[]);
+        }
+        let creds = creds(req);
+        self.spawn(move |fs| async move {
+            match fs.call(&creds, ClientRequest::ListXattr { inode: Inode(ino.0) }).await {
+                Ok(ClientReply::XattrNames(names)) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(&n);
+                        buf.push(0);
+                    }
+                    xattr_reply(reply, size, &buf)
+                }
+                Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let creds = creds(req);
+        let n = n.as_bytes().to_vec();
+        self.spawn(move |fs| async move {
+            reply_empty(
+                reply,
+                fs.call(&creds, ClientRequest::RemoveXattr { inode: Inode(ino.0), name: n }).await.map(|_| ()),
+            );
+        });
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if ino.0 == MASTERINFO_INODE {
+            return reply.ok();
+        }
+        let creds = creds(req);
+        let mask = (mask.bits() & 7) as u16;
+        self.spawn(move |fs| async move {
+            reply_empty(reply, fs.call(&creds, ClientRequest::Access { inode: Inode(ino.0), mask }).await.map(|_| ()));
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let ttl = self.inner.opts.attr_ttl;
+        let creds = creds(req);
+        let body = match create_request(parent, n, FileKind::File, mode, umask, 0, true) {
+            Ok(b) => b,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            match fs.attr_call(&creds, body).await {
+                Ok(a) => {
+                    let fh = fs.new_handle(Inner::file_handle(a.inode));
+                    reply.created(&ttl, &fuse_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty());
+                }
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+}
+
+/// The master request that creates `n` in `parent` (mode and umask cut to their permission bits).
+fn create_request(
+    parent: INodeNo,
+    n: &OsStr,
+    kind: FileKind,
+    mode: u32,
+    umask: u32,
+    rdev: u32,
+    open: bool,
+) -> Result<ClientRequest, Errno> {
+    Ok(ClientRequest::Create {
+        parent: Inode(parent.0),
+        name: name(n)?,
+        kind,
+        mode: (mode & 0o7777) as u16,
+        umask: (umask & 0o7777) as u16,
+        rdev,
+        open,
+    })
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, v: &[u8]) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if (size as usize) < v.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(v);
+    }
+}
+
+impl AlcesFs {
+    #[allow(clippy::too_many_arguments)]
+    fn create_node(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        kind: FileKind,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let ttl = self.inner.opts.attr_ttl;
+        let creds = creds(req);
+        let body = match create_request(parent, n, kind, mode, umask, rdev, false) {
+            Ok(b) => b,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            reply_entry(reply, ttl, fs.attr_call(&creds, body).await);
+        });
+    }
+
+    fn remove(&self, req: &Request, parent: INodeNo, n: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let creds = creds(req);
+        let n = match name(n) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            let body = if dir {
+                ClientRequest::Rmdir { parent: Inode(parent.0), name: n }
+            } else {
+                ClientRequest::Unlink { parent: Inode(parent.0), name: n }
+            };
+            reply_empty(reply, fs.call(&creds, body).await.map(|_| ()));
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_extents_merge_and_cut() {
+        let mut d = Dirty::default();
+        d.add(100, b"abcd");
+        d.add(104, b"ef");
+        d.add(0, b"xy");
+        d.add(102, b"ZZZZZZ");
+        let got: Vec<(u64, Vec<u8>)> = d.extents.iter().map(|(o, v)| (*o, v.clone())).collect();
+        assert_eq!(got, vec![(0, b"xy".to_vec()), (100, b"abZZZZZZ".to_vec())]);
+        assert_eq!(d.bytes, 10);
+        assert_eq!(d.max_end, 108);
+        d.cut(103);
+        let got: Vec<(u64, Vec<u8>)> = d.extents.iter().map(|(o, v)| (*o, v.clone())).collect();
+        assert_eq!(got, vec![(0, b"xy".to_vec()), (100, b"abZ".to_vec())]);
+        assert_eq!((d.bytes, d.max_end), (5, 103));
+        d.cut(1);
+        assert_eq!(d.extents.len(), 1);
+        assert_eq!(d.bytes, 1);
+    }
+}

@@ -1,0 +1,72 @@
+//! client -> chunkserver (port 9422): reading replicas and chained writes.
+//!
+//! Reads: `Read` is answered by one `Data` (CRC-checked on the server; a bad block is an
+//! error, never bad bytes).
+//!
+//! Writes: `WriteStart` names the chunk, the version of the client's lease, and the servers
+//! after this one in the chain; the server opens the chain (each server forwards to the next)
+//! and answers `WriteReady`. Each `WriteData` is acknowledged with `WriteDone` only when
+//! every server of the chain has written it. `WriteFinish` makes everything durable on every
+//! server (fsync) before `WriteFinished`. Any failure ends the write session with
+//! `WriteFailed`; the client asks the master for a new lease and writes again.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ChunkId, ChunkLocation, ChunkVersion, ChunkserverId};
+
+/// Bytes one `Read` may ask for.
+pub const MAX_READ: u32 = 4 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DataRequest {
+    Read {
+        chunk: ChunkId,
+        version: ChunkVersion,
+        offset: u32,
+        len: u32,
+    },
+    WriteStart {
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain: Vec<ChunkLocation>,
+    },
+    /// `offset` within the chunk; a piece never crosses a 64 KiB block boundary.
+    WriteData {
+        id: u64,
+        offset: u32,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    WriteFinish {
+        id: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DataReply {
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    WriteReady,
+    WriteDone { id: u64 },
+    WriteFinished { id: u64 },
+    WriteFailed { id: u64, error: DataError },
+    Error(DataError),
+}
+
+/// Why a data request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum DataError {
+    #[error("no such chunk")]
+    NoChunk,
+    #[error("chunk has version {have}, not the one asked for")]
+    WrongVersion { have: ChunkVersion },
+    #[error("CRC error in block {block}")]
+    Crc { block: u32 },
+    #[error("request out of range")]
+    Range,
+    #[error("i/o error: {0}")]
+    Io(String),
+    #[error("chain broken at chunkserver {server}: {reason}")]
+    Chain { server: ChunkserverId, reason: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
