@@ -73,6 +73,8 @@ pub struct FoundChunk {
     pub id: ChunkId,
     pub version: ChunkVersion,
     pub folder: usize,
+    /// The sub-folder it was found in.
+    pub sub: u8,
     pub path: PathBuf,
     pub length: u64,
 }
@@ -123,8 +125,8 @@ impl Folders {
         Ok(Folders { folders })
     }
 
-    pub fn path(&self, folder: usize, id: ChunkId, version: ChunkVersion) -> PathBuf {
-        self.folders[folder].spec.path.join(crate::format::relative_path(id, version))
+    pub fn path(&self, folder: usize, sub: u8, id: ChunkId, version: ChunkVersion) -> PathBuf {
+        self.folders[folder].spec.path.join(crate::format::relative_path(sub, id, version))
     }
 
     pub fn space(&self) -> Vec<FolderSpace> {
@@ -178,6 +180,7 @@ impl Folders {
                                 id: c.id(),
                                 version: c.version(),
                                 folder: fi,
+                                sub: i as u8,
                                 path: path.clone(),
                                 length: c.len(),
                             };
@@ -244,12 +247,12 @@ mod tests {
         ];
         let folders = Folders::open(specs).unwrap();
         let mut c =
-            ChunkFile::create(&folders.path(0, ChunkId(1), ChunkVersion(3)), ChunkId(1), ChunkVersion(3)).unwrap();
+            ChunkFile::create(&folders.path(0, 1, ChunkId(1), ChunkVersion(3)), ChunkId(1), ChunkVersion(3)).unwrap();
         c.write(0, b"abc").unwrap();
-        ChunkFile::create(&folders.path(1, ChunkId(2), ChunkVersion(1)), ChunkId(2), ChunkVersion(1)).unwrap();
+        ChunkFile::create(&folders.path(1, 2, ChunkId(2), ChunkVersion(1)), ChunkId(2), ChunkVersion(1)).unwrap();
         // An older copy of chunk 1 on the other folder, and a damaged file.
-        ChunkFile::create(&folders.path(1, ChunkId(1), ChunkVersion(2)), ChunkId(1), ChunkVersion(2)).unwrap();
-        let bad = dir.path().join("a").join(relative_path(ChunkId(7), ChunkVersion(1)));
+        ChunkFile::create(&folders.path(1, 1, ChunkId(1), ChunkVersion(2)), ChunkId(1), ChunkVersion(2)).unwrap();
+        let bad = dir.path().join("a").join(relative_path(7, ChunkId(7), ChunkVersion(1)));
         std::fs::write(&bad, b"garbage").unwrap();
         let scan = folders.scan();
         let mut found: Vec<_> = scan.chunks.iter().map(|c| (c.id.0, c.version.0, c.folder)).collect();

@@ -23,7 +23,12 @@ use std::path::{Path, PathBuf};
 
 use alces_proto::types::{ChunkId, ChunkVersion, BLOCKS_PER_CHUNK, BLOCK_SIZE, CHUNK_SIZE};
 
+/// Written by Alces and by newer MooseFS 3 chunkservers: the CRC table holds the CRC of a zero
+/// block for every block the file does not have.
 pub const SIGNATURE: &[u8; 8] = b"MFSC 1.1";
+/// Written by older MooseFS chunkservers (Debian's 3.0.117 among them): the same layout, but the
+/// CRC entries of absent blocks are not to be trusted.
+pub const SIGNATURE_1_0: &[u8; 8] = b"MFSC 1.0";
 pub const HEADER_SIZE: u64 = 4096;
 pub const CRC_TABLE_SIZE: u64 = 4096;
 pub const DATA_OFFSET: u64 = HEADER_SIZE + CRC_TABLE_SIZE;
@@ -51,9 +56,16 @@ pub fn zero_block_crc() -> u32 {
     *CRC.get_or_init(|| crc32fast::hash(&[0u8; BLOCK]))
 }
 
-/// `XX/chunk_<ID>_<VERSION>.mfs`, relative to a data folder.
-pub fn relative_path(id: ChunkId, version: ChunkVersion) -> PathBuf {
-    PathBuf::from(format!("{:02X}", id.0 & 0xff)).join(format!("chunk_{}_{:08X}.mfs", id.hex(), version.0))
+/// The sub-folder (`00` to `FF`) where a new replica of `id` goes: the id's last byte.
+pub fn default_subfolder(id: ChunkId) -> u8 {
+    (id.0 & 0xff) as u8
+}
+
+/// `XX/chunk_<ID>_<VERSION>.mfs`, relative to a data folder. New replicas go to
+/// [`default_subfolder`]; a replica found elsewhere by the scan (MooseFS 3 picks sub-folders
+/// by other rules) is used where it is.
+pub fn relative_path(sub: u8, id: ChunkId, version: ChunkVersion) -> PathBuf {
+    PathBuf::from(format!("{sub:02X}")).join(format!("chunk_{}_{:08X}.mfs", id.hex(), version.0))
 }
 
 /// Parses a chunk file name back into (id, version).
@@ -114,7 +126,7 @@ impl ChunkFile {
         }
         let mut head = [0u8; 20];
         file.read_exact_at(&mut head, 0)?;
-        if &head[..8] != SIGNATURE {
+        if &head[..8] != SIGNATURE && &head[..8] != SIGNATURE_1_0 {
             return Err(damaged(format!("signature {:?}", String::from_utf8_lossy(&head[..8]))));
         }
         let id = ChunkId(u64::from_be_bytes(head[8..16].try_into().expect("8 bytes")));
@@ -130,8 +142,12 @@ impl ChunkFile {
         }
         let mut table = vec![0u8; CRC_TABLE_SIZE as usize];
         file.read_exact_at(&mut table, HEADER_SIZE)?;
-        let crcs = table.chunks_exact(4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))).collect();
-        Ok(ChunkFile { file, path: path.to_path_buf(), id, version, blocks: (data / BLOCK_SIZE) as u32, crcs })
+        let blocks = (data / BLOCK_SIZE) as u32;
+        let mut crcs: Vec<u32> =
+            table.chunks_exact(4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))).collect();
+        // Blocks past the end read as zeros, whatever the table says (MFSC 1.0 leaves them unset).
+        crcs[blocks as usize..].fill(zero_block_crc());
+        Ok(ChunkFile { file, path: path.to_path_buf(), id, version, blocks, crcs })
     }
 
     pub fn id(&self) -> ChunkId {
@@ -197,9 +213,10 @@ impl ChunkFile {
         if b < self.blocks {
             return Ok(());
         }
-        for i in self.blocks..=b {
-            self.crcs[i as usize] = zero_block_crc();
-        }
+        let first = self.blocks;
+        self.crcs[first as usize..=b as usize].fill(zero_block_crc());
+        // The table on disk may not hold the zero CRC for absent blocks (MFSC 1.0 files).
+        self.write_crcs(first, b)?;
         self.blocks = b + 1;
         self.file.set_len(DATA_OFFSET + self.blocks as u64 * BLOCK_SIZE)?;
         Ok(())
@@ -331,14 +348,17 @@ mod tests {
 
     fn new_chunk(dir: &Path) -> ChunkFile {
         let id = ChunkId(0x1234_5678_9ABC_DEF0);
-        let p = dir.join(relative_path(id, ChunkVersion(1)).file_name().unwrap());
+        let p = dir.join(relative_path(default_subfolder(id), id, ChunkVersion(1)).file_name().unwrap());
         ChunkFile::create(&p, id, ChunkVersion(1)).unwrap()
     }
 
     #[test]
     fn names() {
         let id = ChunkId(0xABCD_EF01_2345_6789);
-        assert_eq!(relative_path(id, ChunkVersion(0x1A)), PathBuf::from("89/chunk_ABCDEF0123456789_0000001A.mfs"));
+        assert_eq!(
+            relative_path(default_subfolder(id), id, ChunkVersion(0x1A)),
+            PathBuf::from("89/chunk_ABCDEF0123456789_0000001A.mfs")
+        );
         assert_eq!(parse_name("chunk_ABCDEF0123456789_0000001A.mfs"), Some((id, ChunkVersion(0x1A))));
         assert_eq!(parse_name("chunk_ABCDEF0123456789_1A.mfs"), None);
         assert_eq!(parse_name("chunk_XYZ_0000001A.mfs"), None);
@@ -427,7 +447,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = new_chunk(dir.path());
         c.write(100, b"data").unwrap();
-        let new = dir.path().join(relative_path(c.id(), ChunkVersion(2)).file_name().unwrap());
+        let new = dir.path().join(relative_path(0, c.id(), ChunkVersion(2)).file_name().unwrap());
         let old = c.path().to_path_buf();
         c.set_version(ChunkVersion(2), &new).unwrap();
         assert!(!old.exists() && new.exists());

@@ -14,7 +14,7 @@ use alces_proto::types::{ChunkId, ChunkVersion, CHUNK_SIZE};
 use tokio::sync::broadcast;
 
 use crate::folders::{Folders, Scan};
-use crate::format::{sync_parent, ChunkError, ChunkFile};
+use crate::format::{default_subfolder, sync_parent, ChunkError, ChunkFile};
 
 /// A change the masters must hear about.
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub enum StoreEvent {
 struct SlotState {
     version: ChunkVersion,
     folder: usize,
+    /// The sub-folder (`XX/`) of the file.
+    sub: u8,
     /// Kept open between operations; closed when idle.
     file: Option<ChunkFile>,
     length: u64,
@@ -71,6 +73,7 @@ impl Store {
                 let st = SlotState {
                     version: c.version,
                     folder: c.folder,
+                    sub: c.sub,
                     file: None,
                     length: c.length,
                     last_used: now,
@@ -181,7 +184,7 @@ impl Store {
         }
         self.busy.fetch_add(1, Ordering::Relaxed);
         let file = st.file.take();
-        let path = self.folders.path(st.folder, id, st.version);
+        let path = self.folders.path(st.folder, st.sub, id, st.version);
         let res = tokio::task::spawn_blocking(move || {
             let mut file = match file {
                 Some(f) => f,
@@ -218,7 +221,7 @@ impl Store {
         }
         st.file = None;
         st.gone = true;
-        let path = self.folders.path(st.folder, id, st.version);
+        let path = self.folders.path(st.folder, st.sub, id, st.version);
         let aside =
             path.with_file_name(format!("damaged_{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("chunk")));
         if let Err(e) = std::fs::rename(&path, &aside) {
@@ -288,7 +291,7 @@ impl Store {
         }
         st.file = None;
         st.gone = true;
-        let path = self.folders.path(st.folder, id, st.version);
+        let path = self.folders.path(st.folder, st.sub, id, st.version);
         let _ = std::fs::remove_file(&path);
         self.index.lock().expect("index lock").remove(&id);
         let _ = self.events.send(StoreEvent::Removed(id, st.version));
@@ -296,7 +299,15 @@ impl Store {
 
     /// Installs a new replica file written at `tmp` under its final name.
     fn install(&self, id: ChunkId, version: ChunkVersion, folder: usize, file: ChunkFile) -> Result<(), DataError> {
-        let st = SlotState { version, folder, length: file.len(), file: None, last_used: Instant::now(), gone: false };
+        let st = SlotState {
+            version,
+            folder,
+            sub: default_subfolder(id),
+            length: file.len(),
+            file: None,
+            last_used: Instant::now(),
+            gone: false,
+        };
         drop(file);
         self.announce_added(id, &st);
         self.index.lock().expect("index lock").insert(id, Arc::new(tokio::sync::Mutex::new(st)));
@@ -320,7 +331,7 @@ impl Store {
     pub async fn create(&self, id: ChunkId, version: ChunkVersion) -> Result<(), DataError> {
         self.drop_existing(id).await;
         let folder = self.choose_folder().await?;
-        let path = self.folders.path(folder, id, version);
+        let path = self.folders.path(folder, default_subfolder(id), id, version);
         let file = tokio::task::spawn_blocking(move || {
             let f = ChunkFile::create(&path, id, version)?;
             f.sync()?;
@@ -352,8 +363,8 @@ impl Store {
         if st.version != from {
             return Err(DataError::WrongVersion { have: st.version });
         }
-        let old_path = self.folders.path(st.folder, id, from);
-        let new_path = self.folders.path(st.folder, id, to);
+        let old_path = self.folders.path(st.folder, st.sub, id, from);
+        let new_path = self.folders.path(st.folder, st.sub, id, to);
         let file = st.file.take();
         let (file, res) = tokio::task::spawn_blocking(move || {
             let mut f = match file {
@@ -396,11 +407,11 @@ impl Store {
         if st.version != from.1 {
             return Err(DataError::WrongVersion { have: st.version });
         }
-        let src = self.folders.path(st.folder, from.0, from.1);
+        let src = self.folders.path(st.folder, st.sub, from.0, from.1);
         let folder = st.folder;
         drop(st);
         self.drop_existing(to.0).await;
-        let dst = self.folders.path(folder, to.0, to.1);
+        let dst = self.folders.path(folder, default_subfolder(to.0), to.0, to.1);
         let file = tokio::task::spawn_blocking(move || {
             let s = ChunkFile::open(&src)?;
             let mut d = s.copy_to(&dst, to.0, to.1)?;
@@ -429,7 +440,7 @@ impl Store {
         }
         st.file = None;
         st.gone = true;
-        let path = self.folders.path(st.folder, id, version);
+        let path = self.folders.path(st.folder, st.sub, id, version);
         tokio::task::spawn_blocking(move || std::fs::remove_file(&path))
             .await
             .map_err(join_error)?
@@ -453,7 +464,7 @@ impl Store {
         Fut: std::future::Future<Output = Result<Vec<u8>, DataError>>,
     {
         let folder = self.choose_folder().await?;
-        let final_path = self.folders.path(folder, id, version);
+        let final_path = self.folders.path(folder, default_subfolder(id), id, version);
         let tmp: PathBuf = final_path.with_extension("mfs.tmp");
         let _ = std::fs::remove_file(&tmp);
         let t = tmp.clone();
