@@ -31,6 +31,8 @@ pub struct Options {
     pub password: Option<String>,
     /// Host and mount point, shown by the monitor.
     pub client_name: String,
+    /// Register as a tool inside the mount that holds this session (see [`Register::tool_of`]).
+    pub tool_of: Option<SessionId>,
     /// How long a request keeps being retried through failovers before it fails.
     pub retry_for: Duration,
     pub connect_timeout: Duration,
@@ -44,6 +46,7 @@ impl Options {
             meta: false,
             password: None,
             client_name: String::new(),
+            tool_of: None,
             retry_for: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
         }
@@ -363,6 +366,7 @@ impl MasterClient {
             meta: self.opts.meta,
             password_proof,
             client_name: self.opts.client_name.clone(),
+            tool_of: self.opts.tool_of,
         };
         let req = Request { id, low_water: id, creds: root, body: ClientRequest::Register(reg) };
         match self.send(link, req).await {

@@ -53,6 +53,11 @@ impl Leases {
         slots.entry((inode, index)).or_default().clone()
     }
 
+    /// Whether a write lease on `chunk` is in force (the replication manager waits).
+    pub fn is_leased(&self, chunk: ChunkId) -> bool {
+        self.leases.lock().expect("lease lock").get(&chunk).is_some_and(|l| l.expires > Instant::now())
+    }
+
     /// Number of active leases (for the monitor).
     pub fn active(&self) -> usize {
         let now = Instant::now();

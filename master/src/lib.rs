@@ -8,5 +8,6 @@ pub mod config;
 pub mod exports;
 pub mod master;
 pub mod namespace;
+pub mod replication;
 pub mod service;
 pub mod topology;

@@ -30,6 +30,7 @@ pub struct Master {
     pub node: Arc<RaftNode<Namespace>>,
     pub topology: Arc<Topology>,
     pub leases: Leases,
+    pub replication: crate::replication::ReplicationStats,
     exports: RwLock<Arc<Exports>>,
     /// Leader only: when each session was last active, for expiry.
     sessions_seen: Mutex<HashMap<SessionId, Instant>>,
@@ -88,6 +89,7 @@ impl Master {
             node,
             topology: Arc::default(),
             leases: Leases::default(),
+            replication: Default::default(),
             exports: RwLock::new(Arc::new(exports)),
             sessions_seen: Mutex::default(),
             stop: CancellationToken::new(),
@@ -194,6 +196,9 @@ async fn duties(m: Arc<Master>) {
             }
             Ok(true) => {}
             Err(_) => continue,
+        }
+        if round.is_multiple_of(2) {
+            crate::replication::pass(&m).await;
         }
         if round.is_multiple_of(10) {
             match m.propose(OpBody::ExpireTrash { limit: EXPIRE_BATCH }).await {

@@ -123,8 +123,14 @@ fn main() -> Result<()> {
     let session = if p.meta {
         fuser::spawn_mount(MetaFs::new(rt.handle().clone(), master.clone()), &p.mountpoint, &config)
     } else {
-        let info = serde_json::json!({ "masters": p.masters, "path": p.subfolder, "mountpoint": p.mountpoint })
-            .to_string()
+        let session = rt.block_on(master.session()).map(|v| v.session.0);
+        let info = serde_json::json!({
+            "masters": p.masters,
+            "path": p.subfolder,
+            "mountpoint": p.mountpoint,
+            "session": session,
+        })
+        .to_string()
             + "\n";
         let fs_opts = FsOptions { masterinfo: info, ..Default::default() };
         fuser::spawn_mount(AlcesFs::new(rt.handle().clone(), master.clone(), fs_opts), &p.mountpoint, &config)

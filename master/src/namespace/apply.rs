@@ -62,9 +62,10 @@ pub fn apply_op(t: &mut Txn<'_, '_>, op: MetaOp) -> Res<MetaReply> {
             if t.get_raw(CF_SESSIONS, &session(s))?.is_none() {
                 return Err(Status::Stale.into());
             }
-            match t.inode(inode)? {
-                Some(r) if r.state != InodeState::Trash => {}
-                _ => return Err(Status::NotFound.into()),
+            // Any existing inode: a handle on a file deleted meanwhile (trash or reserved)
+            // keeps working, as POSIX asks.
+            if t.inode(inode)?.is_none() {
+                return Err(Status::NotFound.into());
             }
             mark_open(t, s, inode);
             Ok(MetaReply::Done)
@@ -513,10 +514,7 @@ fn set_attr(
     creds: &Creds,
     handle: bool,
 ) -> Res<MetaReply> {
-    let mut r = match t.inode(ino)? {
-        Some(r) if r.state != InodeState::Trash => r,
-        _ => return Err(Status::NotFound.into()),
-    };
+    let mut r = t.inode(ino)?.ok_or(Status::NotFound)?;
     if let Some(mode) = set.mode {
         perm::owner(&r, creds)?;
         let mut m = mode & 0o7777;
@@ -877,12 +875,13 @@ fn close_session(t: &mut Txn<'_, '_>, s: SessionId) -> Res<MetaReply> {
     Ok(MetaReply::Done)
 }
 
-/// A file that may take writes: live, or deleted while open (reserved).
+/// A file that may take writes: live, or deleted while a handle was open (reserved, or in
+/// the trash).
 fn writable_file(t: &Txn<'_, '_>, ino: Inode) -> Res<InodeRec> {
     match t.inode(ino)? {
-        Some(r) if r.state != InodeState::Trash && r.kind == FileKind::File => Ok(r),
-        Some(r) if r.state != InodeState::Trash => Err(Status::Invalid.into()),
-        _ => Err(Status::NotFound.into()),
+        Some(r) if r.kind == FileKind::File => Ok(r),
+        Some(_) => Err(Status::Invalid.into()),
+        None => Err(Status::NotFound.into()),
     }
 }
 

@@ -69,11 +69,10 @@ impl<'a> View<'a> {
     }
 
     /// An inode that is live or held open after deletion.
+    /// An inode a client may still use through a handle: live, reserved, or in the trash
+    /// (unlinked while open keeps working, as POSIX asks).
     pub fn open_inode(&self, ino: Inode) -> Result<InodeRec, Status> {
-        match self.inode(ino)? {
-            Some(r) if r.state != InodeState::Trash => Ok(r),
-            _ => Err(Status::NotFound),
-        }
+        self.inode(ino)?.ok_or(Status::NotFound)
     }
 
     pub fn live(&self, ino: Inode) -> Result<InodeRec, Status> {

@@ -498,7 +498,9 @@ fn trash_undelete_purge_and_expiry() {
     let trash = fs.view().trash(b't', None, 10).unwrap();
     assert_eq!(trash.len(), 1);
     assert_eq!((trash[0].0, trash[0].1.path.as_slice()), (f, &b"dir/f"[..]));
-    assert_eq!(fs.view().getattr(f).unwrap_err(), Status::NotFound);
+    // Gone from its directory; a handle still open on it keeps working.
+    assert_eq!(fs.lookup(d, "f").unwrap_err(), Status::NotFound);
+    assert!(fs.view().getattr(f).is_ok());
     // Undelete recreates missing parents.
     fs.ok(remove_op(ROOT, "dir", true));
     fs.ok(OpBody::Undelete { inode: f });

@@ -253,39 +253,19 @@ fn resolve(view: &View<'_>, path: &str) -> Result<Inode, ClientError> {
 }
 
 async fn register(m: &Arc<Master>, conn: &Conn, r: Register) -> Res {
-    let path = normalize(&r.path).ok_or_else(|| ClientError::Refused(format!("bad path {:?}", r.path)))?;
-    let nonce = *conn.nonce.lock().expect("nonce lock");
-    let exports = m.exports();
-    let ask = MountRequest { addr: peer_ipv4(&conn.peer), path: &path, meta: r.meta };
-    let rule = exports
-        .find(&ask, |key| match (nonce, r.password_proof) {
-            (Some(n), Some(proof)) => alces_proto::password_proof(key, &n) == proof,
-            _ => false,
-        })
-        .map_err(|e| ClientError::Refused(e.to_string()))?;
     let view = m.read().await?;
     if !view.is_formatted()? {
         return Err(ClientError::Unavailable("the file system is being created".into()));
     }
-    let root = if r.meta {
-        Inode::ROOT
-    } else {
-        resolve(&view, &path).map_err(|e| ClientError::Refused(format!("{path}: {e}")))?
-    };
-    let o = &rule.options;
-    let info = SessionInfo {
-        peer: conn.peer.to_string(),
-        client_name: r.client_name.clone(),
-        root,
-        path: if r.meta { ".".into() } else { path },
-        meta: r.meta,
-        read_only: o.read_only,
-        map_root: Some(o.map_root),
-        map_all: o.map_all,
-        min_goal: o.min_goal,
-        max_goal: o.max_goal,
-        min_trash: o.min_trash,
-        max_trash: o.max_trash,
+    let info = match r.tool_of {
+        // A tool inside a mount works with the mount's rules; the mount passed the checks.
+        Some(parent) => {
+            let Some(p) = view.session(parent)? else {
+                return Err(ClientError::Refused(format!("the mount's session {parent} is gone")));
+            };
+            SessionInfo { peer: conn.peer.to_string(), client_name: r.client_name.clone(), ..p.info }
+        }
+        None => session_rules(&view, conn, &r, m)?,
     };
     let session = match r.session {
         Some(id) => {
@@ -309,6 +289,41 @@ async fn register(m: &Arc<Master>, conn: &Conn, r: Register) -> Res {
     let reply = SessionView { session, root: Inode::ROOT, read_only: info.read_only, meta: info.meta };
     *conn.session.lock().expect("session lock") = Some((session, info));
     Ok(ClientReply::Registered(reply))
+}
+
+/// The rules a new session gets: the first export that admits the client (checking the
+/// password proof against the nonce of this connection).
+fn session_rules(view: &View<'_>, conn: &Conn, r: &Register, m: &Master) -> Result<SessionInfo, ClientError> {
+    let path = normalize(&r.path).ok_or_else(|| ClientError::Refused(format!("bad path {:?}", r.path)))?;
+    let nonce = *conn.nonce.lock().expect("nonce lock");
+    let exports = m.exports();
+    let ask = MountRequest { addr: peer_ipv4(&conn.peer), path: &path, meta: r.meta };
+    let rule = exports
+        .find(&ask, |key| match (nonce, r.password_proof) {
+            (Some(n), Some(proof)) => alces_proto::password_proof(key, &n) == proof,
+            _ => false,
+        })
+        .map_err(|e| ClientError::Refused(e.to_string()))?;
+    let root = if r.meta {
+        Inode::ROOT
+    } else {
+        resolve(view, &path).map_err(|e| ClientError::Refused(format!("{path}: {e}")))?
+    };
+    let o = &rule.options;
+    Ok(SessionInfo {
+        peer: conn.peer.to_string(),
+        client_name: r.client_name.clone(),
+        root,
+        path: if r.meta { ".".into() } else { path },
+        meta: r.meta,
+        read_only: o.read_only,
+        map_root: Some(o.map_root),
+        map_all: o.map_all,
+        min_goal: o.min_goal,
+        max_goal: o.max_goal,
+        min_trash: o.min_trash,
+        max_trash: o.max_trash,
+    })
 }
 
 /// The meta file system: only the trash and reserved files.

@@ -79,6 +79,10 @@ pub struct Register {
     pub password_proof: Option<[u8; 32]>,
     /// Host name and mount point, for the monitor.
     pub client_name: String,
+    /// A tool (`alces fileinfo` ...) working inside a mount: the mount's session, read from
+    /// the mount's `.masterinfo`. The tool gets a session of its own with the rules of the
+    /// mount's (no password asked, as the mount already gave it).
+    pub tool_of: Option<SessionId>,
 }
 
 /// The session a client got.

