@@ -25,6 +25,9 @@ const WINDOW: usize = 256;
 
 /// A reply on whichever link the request came in.
 #[derive(Debug)]
+/// A reply in the message type of the connection's link (written without a tag of its own).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
 enum Out {
     Client(DataReply),
     Peer(PeerDataReply),
@@ -74,28 +77,9 @@ async fn connection(store: Arc<Store>, cfg: DataConfig, stream: tokio::net::TcpS
         Ok((_, kind)) => kind == LinkKind::ChunkserverChunkserver,
         Err(e) => return tracing::warn!(peer = %addr, error = %e, "refused a data connection"),
     };
-    let (mut reader, mut writer) = conn.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
-    let write_task = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-            }
-            for out in batch {
-                let r = match &out {
-                    Out::Client(r) => writer.feed(r).await,
-                    Out::Peer(r) => writer.feed(r).await,
-                };
-                if r.is_err() {
-                    return;
-                }
-            }
-            if writer.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    let (mut reader, writer) = conn.split();
+    let (tx, rx) = mpsc::unbounded_channel::<Out>();
+    let write_task = tokio::spawn(writer.pump(rx));
     let mut incoming = Incoming { reader: &mut reader, peer, addr };
     loop {
         let req = match incoming.next().await {

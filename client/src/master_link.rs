@@ -296,24 +296,10 @@ impl MasterClient {
             .dial(&mut conn)
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
-        let (mut reader, mut writer) = conn.split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Request>();
+        let (mut reader, writer) = conn.split();
+        let (tx, rx) = mpsc::unbounded_channel::<Request>();
         let pending: Pending = Arc::default();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                if writer.feed(&first).await.is_err() {
-                    return;
-                }
-                while let Ok(more) = rx.try_recv() {
-                    if writer.feed(&more).await.is_err() {
-                        return;
-                    }
-                }
-                if writer.flush().await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(writer.pump(rx));
         let p = pending.clone();
         let master = addr.to_string();
         tokio::spawn(async move {

@@ -128,6 +128,24 @@ impl FrameWriter {
         self.flush().await
     }
 
+    /// Sends every message that arrives on `rx` until it closes or the connection fails;
+    /// whatever is queued meanwhile goes out with one flush.
+    pub async fn pump<T: Serialize>(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) {
+        while let Some(first) = rx.recv().await {
+            if self.feed(&first).await.is_err() {
+                return;
+            }
+            while let Ok(more) = rx.try_recv() {
+                if self.feed(&more).await.is_err() {
+                    return;
+                }
+            }
+            if self.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Writes raw bytes as one frame (used by tests that send garbage on purpose).
     pub async fn send_raw(&mut self, payload: Bytes) -> Result<(), FrameError> {
         self.inner.send(payload).await.map_err(|e| FrameError::from_io(e, self.max_frame))

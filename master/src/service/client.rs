@@ -75,23 +75,9 @@ async fn connection(m: Arc<Master>, stream: tokio::net::TcpStream, peer: SocketA
     if let Err(e) = hs.accept(&mut conn).await {
         return tracing::warn!(client = %peer, error = %e, "refused a client connection");
     }
-    let (mut reader, mut writer) = conn.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
-    let write_task = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            if writer.feed(&first).await.is_err() {
-                return;
-            }
-            while let Ok(more) = rx.try_recv() {
-                if writer.feed(&more).await.is_err() {
-                    return;
-                }
-            }
-            if writer.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    let (mut reader, writer) = conn.split();
+    let (tx, rx) = mpsc::unbounded_channel::<Reply>();
+    let write_task = tokio::spawn(writer.pump(rx));
     let state = Arc::new(Conn { peer, nonce: Mutex::new(None), session: Mutex::new(None) });
     let slots = Arc::new(Semaphore::new(PER_CONNECTION));
     loop {

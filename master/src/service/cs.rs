@@ -46,7 +46,7 @@ async fn connection(m: Arc<Master>, stream: tokio::net::TcpStream, peer: SocketA
         Ok(_) => return tracing::warn!(chunkserver = %peer, "chunkserver did not register first"),
         Err(e) => return tracing::warn!(chunkserver = %peer, error = %e, "bad registration"),
     };
-    let (tx, mut rx) = mpsc::unbounded_channel::<MasterToCs>();
+    let (tx, rx) = mpsc::unbounded_channel::<MasterToCs>();
     let generation = m.topology.register(&reg, tx.clone());
     let id = reg.id;
     tracing::info!(chunkserver = %id, addr = %reg.data_addr, from = %peer, "chunkserver registered");
@@ -55,14 +55,8 @@ async fn connection(m: Arc<Master>, stream: tokio::net::TcpStream, peer: SocketA
         leader: m.is_leader(),
         term: m.term(),
     });
-    let (mut reader, mut writer) = conn.split();
-    let write_task = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            if writer.send(&msg).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (mut reader, writer) = conn.split();
+    let write_task = tokio::spawn(writer.pump(rx));
     loop {
         let msg: CsToMaster = match reader.recv().await {
             Ok(Some(msg)) => msg,
