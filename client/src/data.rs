@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, MAX_READ};
 use alces_proto::link::client_master::{ClientReply, ClientRequest};
 use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, Creds, Inode, BLOCK_SIZE, CHUNK_SIZE};
-use alces_proto::{Connection, Handshake, LinkKind, Status};
+use alces_proto::{Connection, FrameReader, Handshake, LinkKind, Status};
 
 use crate::master_link::{CallError, MasterClient};
 
@@ -21,6 +21,8 @@ use crate::master_link::{CallError, MasterClient};
 const LOCATION_TTL: Duration = Duration::from_secs(3);
 /// Pieces of a write in flight to the first chunkserver, at most.
 const WRITE_WINDOW: usize = 64;
+/// How long the chain may take to answer one step of a write before it is given up.
+const CHAIN_REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Attempts (each with fresh locations or a fresh lease) before an I/O error is returned.
 const ATTEMPTS: usize = 8;
 
@@ -185,8 +187,11 @@ impl DataPath {
     ) -> Result<(), Status> {
         let mut last = String::new();
         for attempt in 0..ATTEMPTS {
-            let lease =
-                self.master.call(&Creds::root(), ClientRequest::WriteChunk { inode, index }).await.map_err(status)?;
+            let lease = self
+                .master
+                .call(&Creds::root(), ClientRequest::WriteChunk { inode, index, after_failure: attempt > 0 })
+                .await
+                .map_err(status)?;
             let ClientReply::WriteLease { chunk, version, chain, .. } = lease else { return Err(Status::Io) };
             match self.write_chain(chunk, version, &chain, pieces).await {
                 Ok(()) => {
@@ -220,7 +225,7 @@ impl DataPath {
             .send(&DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec() })
             .await
             .map_err(|e| e.to_string())?;
-        match reader.expect::<DataReply>().await.map_err(|e| e.to_string())? {
+        match chain_reply(&mut reader).await? {
             DataReply::WriteReady => {}
             other => return Err(format!("chain refused the write: {other:?}")),
         }
@@ -249,13 +254,13 @@ impl DataPath {
                 sent += 1;
             }
             writer.flush().await.map_err(|e| e.to_string())?;
-            match reader.expect::<DataReply>().await.map_err(|e| e.to_string())? {
+            match chain_reply(&mut reader).await? {
                 DataReply::WriteDone { id } if id == acked => acked += 1,
                 other => return Err(format!("piece {acked}: {other:?}")),
             }
         }
         writer.send(&DataRequest::WriteFinish { id: total }).await.map_err(|e| e.to_string())?;
-        match reader.expect::<DataReply>().await.map_err(|e| e.to_string())? {
+        match chain_reply(&mut reader).await? {
             DataReply::WriteFinished { id } if id == total => {}
             other => return Err(format!("finish: {other:?}")),
         }
@@ -263,6 +268,14 @@ impl DataPath {
             self.give_back(&head.addr, c);
         }
         Ok(())
+    }
+}
+
+/// The chain's next answer, or an error when it does not come within [`CHAIN_REPLY_TIMEOUT`].
+async fn chain_reply(reader: &mut FrameReader) -> Result<DataReply, String> {
+    match tokio::time::timeout(CHAIN_REPLY_TIMEOUT, reader.expect::<DataReply>()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer from the chain within {CHAIN_REPLY_TIMEOUT:?}")),
     }
 }
 

@@ -74,7 +74,14 @@ impl CallError {
     }
 }
 
-type Pending = Arc<StdMutex<HashMap<u64, oneshot::Sender<Result<ClientReply, ClientError>>>>>;
+/// Calls waiting for their reply on one link; `None` once the link's reader has stopped, so
+/// that no call can be left waiting on a connection nobody reads any more.
+type Pending = Arc<StdMutex<Option<HashMap<u64, oneshot::Sender<Result<ClientReply, ClientError>>>>>>;
+
+/// How long a call waits for its reply before the link is given up and the call retried on a
+/// new one (sessions make the retry safe). Guards against a master that stopped answering
+/// without closing the connection, e.g. a leader cut off from its peers.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One live connection to a master.
 struct Link {
@@ -227,12 +234,26 @@ impl MasterClient {
     async fn send(&self, link: &Link, req: Request) -> Result<Result<ClientReply, ClientError>, String> {
         let (tx, rx) = oneshot::channel();
         let id = req.id;
-        link.pending.lock().expect("pending lock").insert(id, tx);
+        let forget = || {
+            if let Some(p) = link.pending.lock().expect("pending lock").as_mut() {
+                p.remove(&id);
+            }
+        };
+        match link.pending.lock().expect("pending lock").as_mut() {
+            Some(p) => p.insert(id, tx),
+            None => return Err(format!("connection to {} closed", link.addr)),
+        };
         if link.tx.send(req).is_err() {
-            link.pending.lock().expect("pending lock").remove(&id);
+            forget();
             return Err(format!("connection to {} closed", link.addr));
         }
-        rx.await.map_err(|_| format!("connection to {} lost", link.addr))
+        match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
+            Ok(reply) => reply.map_err(|_| format!("connection to {} lost", link.addr)),
+            Err(_) => {
+                forget();
+                Err(format!("no reply from {} within {REPLY_TIMEOUT:?}", link.addr))
+            }
+        }
     }
 
     async fn drop_link(&self, generation: u64, hint: Option<String>) {
@@ -249,7 +270,7 @@ impl MasterClient {
     async fn link(&self) -> Result<Arc<Link>, CallError> {
         let mut st = self.state.lock().await;
         if let Some(l) = &st.link {
-            if !l.tx.is_closed() {
+            if !l.tx.is_closed() && l.pending.lock().expect("pending lock").is_some() {
                 return Ok(l.clone());
             }
         }
@@ -298,7 +319,7 @@ impl MasterClient {
             .map_err(|e| format!("{addr}: {e}"))?;
         let (mut reader, writer) = conn.split();
         let (tx, rx) = mpsc::unbounded_channel::<Request>();
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(StdMutex::new(Some(HashMap::new())));
         tokio::spawn(writer.pump(rx));
         let p = pending.clone();
         let master = addr.to_string();
@@ -306,7 +327,8 @@ impl MasterClient {
             loop {
                 match reader.recv::<Reply>().await {
                     Ok(Some(reply)) => {
-                        if let Some(tx) = p.lock().expect("pending lock").remove(&reply.id) {
+                        let waiting = p.lock().expect("pending lock").as_mut().and_then(|p| p.remove(&reply.id));
+                        if let Some(tx) = waiting {
                             let _ = tx.send(reply.body);
                         }
                     }
@@ -319,8 +341,9 @@ impl MasterClient {
                     }
                 }
             }
-            // Dropping the senders fails every waiting call, which then retries.
-            p.lock().expect("pending lock").clear();
+            // Dropping the senders fails every waiting call, which then retries; later calls
+            // see the link closed.
+            p.lock().expect("pending lock").take();
         });
         Ok(Link { tx, pending, addr: addr.to_string(), generation })
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use alces_ops::api::{
     AddMember, AdminBackend, AdminError, ChunkserverView, ClusterView, CopiesCount, DiskView, MemberView,
-    SessionSummary,
+    ReplicationView, SessionSummary,
 };
 use alces_proto::types::ChunkId;
 use alces_raft_store::{Member, Role};
@@ -46,6 +46,8 @@ pub struct Metrics {
     cs_errors: IntGaugeVec,
     sessions: IntGauge,
     leases: IntGauge,
+    replication_chunks: IntGaugeVec,
+    replication_orders: IntGaugeVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -89,6 +91,18 @@ impl Default for Metrics {
             ),
             sessions: gauge(&r, "alces_master_sessions", "Client sessions"),
             leases: gauge(&r, "alces_master_write_leases", "Active chunk write leases"),
+            replication_chunks: gauge_vec(
+                &r,
+                "alces_master_replication_chunks",
+                "Chunks the leader's last replication pass found needing work, by state",
+                &["state"],
+            ),
+            replication_orders: gauge_vec(
+                &r,
+                "alces_master_replication_orders_total",
+                "Replication orders since start, by outcome",
+                &["outcome"],
+            ),
             registry: r,
         }
     }
@@ -104,6 +118,8 @@ impl Master {
             }
         }
         let view = self.local_view();
+        // Copies on lost servers are not counted: they hide chunks under their goal.
+        let counting = self.topology.counting(self.config.chunkserver_timeout);
         let mut counts: BTreeMap<(u8, u32), u64> = BTreeMap::new();
         let mut after: Option<ChunkId> = None;
         while let Ok(page) = view.chunks(after, 10_000) {
@@ -113,7 +129,12 @@ impl Master {
                 if rec.version.0 == 0 {
                     continue;
                 }
-                let valid = self.topology.valid_locations(*id, rec.version).len() as u32;
+                let valid = self
+                    .topology
+                    .replicas(*id)
+                    .iter()
+                    .filter(|r| r.version == rec.version && counting.contains(&r.server))
+                    .count() as u32;
                 *counts.entry((rec.goal.0, valid)).or_default() += 1;
             }
         }
@@ -121,6 +142,27 @@ impl Master {
             counts.into_iter().map(|((goal, valid), chunks)| CopiesCount { goal, valid, chunks }).collect();
         *cache = Some((Instant::now(), v.clone()));
         v
+    }
+
+    /// The replication manager's counters (`None` on a follower, whose manager is idle).
+    fn replication_view(&self) -> Option<ReplicationView> {
+        if !self.is_leader() {
+            return None;
+        }
+        let st = &self.replication;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Some(ReplicationView {
+            passes: get(&st.passes),
+            under_goal: get(&st.under_goal),
+            over_goal: get(&st.over_goal),
+            missing: get(&st.missing),
+            stale: get(&st.stale),
+            leaving: get(&st.leaving),
+            orphans: get(&st.orphans),
+            replicated: get(&st.replicated),
+            deleted: get(&st.deleted),
+            failed: get(&st.failed),
+        })
     }
 
     fn cluster_view(&self) -> ClusterView {
@@ -190,6 +232,7 @@ impl Master {
             chunk_copies: self.chunk_copies(),
             sessions,
             exports: self.exports().rules.iter().map(|r| r.text.clone()).collect(),
+            replication: self.replication_view(),
         }
     }
 
@@ -281,6 +324,20 @@ impl AdminBackend for Master {
         m.chunk_copies.reset();
         for c in self.chunk_copies() {
             m.chunk_copies.with_label_values(&[&c.goal.to_string(), &c.valid.to_string()]).set(c.chunks as i64);
+        }
+        let r = self.replication_view().unwrap_or_default();
+        for (state, n) in [
+            ("under_goal", r.under_goal),
+            ("over_goal", r.over_goal),
+            ("missing", r.missing),
+            ("stale", r.stale),
+            ("leaving", r.leaving),
+            ("orphan", r.orphans),
+        ] {
+            m.replication_chunks.with_label_values(&[state]).set(n as i64);
+        }
+        for (outcome, n) in [("replicated", r.replicated), ("deleted", r.deleted), ("failed", r.failed)] {
+            m.replication_orders.with_label_values(&[outcome]).set(n as i64);
         }
         let servers = self.topology.servers();
         let up = servers.iter().filter(|s| s.connected).count();

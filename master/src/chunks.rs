@@ -2,12 +2,15 @@
 //! on the replicas first, then through Raft), truncation of a partial chunk, and the chunk
 //! locks that keep two clients from writing one chunk at once.
 //!
-//! Order of a version bump: the replicas move from `v` to `v+1`, and only then is `v+1`
+//! Order of a version bump: the replicas move from `v` to a new version, and only then is it
 //! committed. If the leader dies in between, the replicas are ahead of the metadata but hold
-//! the same data (no client got the lease, so nothing was written): the next leader treats
-//! them as current. A replica that missed the bump stays at `v` and is stale forever.
+//! the same data (no client got the lease, so nothing was written): the next leader moves
+//! them on when no replica is at `v`. A replica that missed the bump stays at `v` and is
+//! stale forever. A new version is above every version any server reported, so a version
+//! handed out by a leader that died before committing it is never handed out again for
+//! other data.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +45,20 @@ type Allocated = (ChunkId, ChunkVersion, Option<(ChunkId, ChunkVersion)>);
 pub struct Leases {
     leases: Mutex<HashMap<ChunkId, Lease>>,
     slots: Mutex<HashMap<(Inode, u32), SlotLock>>,
+    /// Chunks whose replicas are being moved to a new version right now.
+    bumping: Mutex<HashSet<ChunkId>>,
+}
+
+/// Marks a chunk as being bumped until dropped.
+struct Bumping<'a> {
+    leases: &'a Leases,
+    chunk: ChunkId,
+}
+
+impl Drop for Bumping<'_> {
+    fn drop(&mut self) {
+        self.leases.bumping.lock().expect("bump lock").remove(&self.chunk);
+    }
 }
 
 impl Leases {
@@ -53,9 +70,15 @@ impl Leases {
         slots.entry((inode, index)).or_default().clone()
     }
 
-    /// Whether a write lease on `chunk` is in force (the replication manager waits).
+    /// Whether a write lease on `chunk` is in force or its version is being moved (the
+    /// replication manager waits).
     pub fn is_leased(&self, chunk: ChunkId) -> bool {
-        self.leases.lock().expect("lease lock").get(&chunk).is_some_and(|l| l.expires > Instant::now())
+        self.bumping.lock().expect("bump lock").contains(&chunk)
+            || self.leases.lock().expect("lease lock").get(&chunk).is_some_and(|l| l.expires > Instant::now())
+    }
+
+    fn start_bump(&self, chunk: ChunkId) -> Option<Bumping<'_>> {
+        self.bumping.lock().expect("bump lock").insert(chunk).then_some(Bumping { leases: self, chunk })
     }
 
     /// Number of active leases (for the monitor).
@@ -104,6 +127,9 @@ impl Master {
         if targets.is_empty() {
             return Err(ClientError::Unavailable(format!("no chunkserver can take chunk {}", chunk.hex())));
         }
+        let Some(_bumping) = self.leases.start_bump(chunk) else {
+            return Err(ClientError::Unavailable(format!("chunk {} is being changed", chunk.hex())));
+        };
         let term = self.term();
         let results = join_all(targets.into_iter().map(|(loc, op)| async move {
             let res = self.topology.order(loc.id, term, op).await;
@@ -130,8 +156,35 @@ impl Master {
         Ok(chain)
     }
 
-    /// Gives the session a write lease on slot `index` of a file.
-    pub async fn write_lease(&self, session: SessionId, inode: Inode, index: u32) -> Result<ClientReply, ClientError> {
+    /// A version for `chunk` above `current` and above every version a server reported.
+    fn next_version(&self, chunk: ChunkId, current: ChunkVersion) -> ChunkVersion {
+        let top = self.topology.max_version(chunk).map_or(current, |v| v.max(current));
+        ChunkVersion(top.0 + 1)
+    }
+
+    /// Moves a chunk none of whose replicas is at its committed version, but some of which
+    /// are ahead of it, to a new version (see the module comment). Returns whether it did.
+    pub async fn adopt_ahead(&self, chunk: ChunkId, version: ChunkVersion) -> Result<bool, ClientError> {
+        let copies = self.topology.current_copies(chunk, version);
+        if copies.iter().all(|(_, v)| *v == version) {
+            return Ok(false);
+        }
+        let to = self.next_version(chunk, version);
+        let targets = copies.into_iter().map(|(l, from)| (l, ChunkOrder::SetVersion { chunk, from, to })).collect();
+        self.bump(chunk, to, targets).await?;
+        tracing::info!(chunk = %chunk.hex(), from = %version, to = %to, "replicas ahead of the metadata adopted");
+        Ok(true)
+    }
+
+    /// Gives the session a write lease on slot `index` of a file. After a failed write
+    /// (`after_failure`) the session's lease is not reused: the version moves on.
+    pub async fn write_lease(
+        &self,
+        session: SessionId,
+        inode: Inode,
+        index: u32,
+        after_failure: bool,
+    ) -> Result<ClientReply, ClientError> {
         if u64::from(index) >= u64::MAX / CHUNK_SIZE {
             return Err(Status::FileTooBig.into());
         }
@@ -147,7 +200,8 @@ impl Master {
             let mut leases = self.leases.leases.lock().expect("lease lock");
             if let Some(l) = leases.get_mut(&id) {
                 let now = Instant::now();
-                if l.expires > now && l.version == rec.version && rec.refs == 1 {
+                let reusable = !(after_failure && l.session == session);
+                if reusable && l.expires > now && l.version == rec.version && rec.refs == 1 {
                     if l.session != session {
                         return Err(ClientError::Unavailable(format!(
                             "chunk {} is being written by another client",
@@ -174,7 +228,7 @@ impl Master {
             }
             Some((id, rec)) => (id, rec.version, None),
         };
-        let new_version = ChunkVersion(version.0 + 1);
+        let new_version = self.next_version(chunk, version);
         let targets: Vec<(ChunkLocation, ChunkOrder)> = match copy_from {
             Some((old, old_v)) => self
                 .topology
@@ -190,9 +244,9 @@ impl Master {
                 .collect(),
             None => self
                 .topology
-                .valid_locations(chunk, version)
+                .current_copies(chunk, version)
                 .into_iter()
-                .map(|l| (l, ChunkOrder::SetVersion { chunk, from: version, to: new_version }))
+                .map(|(l, from)| (l, ChunkOrder::SetVersion { chunk, from, to: new_version }))
                 .collect(),
         };
         let chain = self.bump(chunk, new_version, targets).await?;
@@ -245,7 +299,7 @@ impl Master {
         }
         let (chunk, new_version, targets) = if rec.refs > 1 {
             let (new, v, _) = chunk_reply(self.propose(OpBody::AllocChunk { inode, index, replace: Some(id) }).await?)?;
-            let nv = ChunkVersion(v.0 + 1);
+            let nv = self.next_version(new, v);
             let targets = self
                 .topology
                 .valid_locations(id, rec.version)
@@ -254,12 +308,12 @@ impl Master {
                 .collect();
             (new, nv, targets)
         } else {
-            let nv = ChunkVersion(rec.version.0 + 1);
+            let nv = self.next_version(id, rec.version);
             let targets = self
                 .topology
-                .valid_locations(id, rec.version)
+                .current_copies(id, rec.version)
                 .into_iter()
-                .map(|l| (l, ChunkOrder::Truncate { chunk: id, from: rec.version, to: nv, length: offset }))
+                .map(|(l, from)| (l, ChunkOrder::Truncate { chunk: id, from, to: nv, length: offset }))
                 .collect();
             (id, nv, targets)
         };

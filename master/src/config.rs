@@ -34,6 +34,7 @@ pub static KEYS: &[Key] = &[
     Key { name: "DEFAULT_TRASHTIME", default: Some("86400"), help: "trash time (seconds) of the root directory of a new file system" },
     Key { name: "SESSION_SUSTAIN_TIME", default: Some("86400"), help: "seconds a disconnected session is kept" },
     Key { name: "CHUNKSERVER_TIMEOUT", default: Some("60"), help: "seconds without a heartbeat before a chunkserver counts as lost" },
+    Key { name: "REPLICATIONS_DELAY_INIT", default: Some("30"), help: "seconds a new leader waits before repairing, trimming or deleting replicas (writes under a previous leader's leases finish first)" },
     Key { name: "SNAPSHOT_EVERY", default: Some("100000"), help: "build a metadata snapshot after this many log entries" },
     Key { name: "KEEP_LOGS", default: Some("10000"), help: "log entries kept behind a snapshot" },
     Key { name: "ELECTION_TIMEOUT_MS", default: Some("600"), help: "minimum election timeout; the maximum is twice this" },
@@ -61,6 +62,7 @@ pub struct MasterConfig {
     pub default_trash_time: TrashTime,
     pub session_sustain: Duration,
     pub chunkserver_timeout: Duration,
+    pub replications_delay_init: Duration,
     pub snapshot_every: u64,
     pub keep_logs: u64,
     pub election_timeout_ms: u64,
@@ -177,6 +179,7 @@ impl MasterConfig {
             default_trash_time: TrashTime(s.get("DEFAULT_TRASHTIME")?),
             session_sustain: Duration::from_secs(s.get("SESSION_SUSTAIN_TIME")?),
             chunkserver_timeout: Duration::from_secs(s.get("CHUNKSERVER_TIMEOUT")?),
+            replications_delay_init: Duration::from_secs(s.get("REPLICATIONS_DELAY_INIT")?),
             snapshot_every: s.get_with("SNAPSHOT_EVERY", parse_size)?,
             keep_logs: s.get("KEEP_LOGS")?,
             election_timeout_ms: s.get_with("ELECTION_TIMEOUT_MS", |v| match v.parse::<u64>() {

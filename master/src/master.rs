@@ -174,6 +174,8 @@ impl Master {
 async fn duties(m: Arc<Master>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut round: u64 = 0;
+    // When this master last became the leader.
+    let mut leading_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = m.stop.cancelled() => return,
@@ -182,8 +184,10 @@ async fn duties(m: Arc<Master>) {
         round += 1;
         if !m.is_leader() {
             m.sessions_seen.lock().expect("sessions lock").clear();
+            leading_since = None;
             continue;
         }
+        let since = *leading_since.get_or_insert_with(Instant::now);
         let Ok(view) = m.read().await else { continue };
         match view.is_formatted() {
             Ok(false) => {
@@ -197,7 +201,9 @@ async fn duties(m: Arc<Master>) {
             Ok(true) => {}
             Err(_) => continue,
         }
-        if round.is_multiple_of(2) {
+        // A write under a lease of the previous leader (which this one does not know) may
+        // still be under way: copying or trimming its chunk now could keep a partial copy.
+        if round.is_multiple_of(2) && since.elapsed() >= m.config.replications_delay_init {
             crate::replication::pass(&m).await;
         }
         if round.is_multiple_of(10) {

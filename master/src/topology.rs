@@ -5,7 +5,7 @@
 //! Also the channel for orders: the leader sends a [`ChunkOrder`] to a connected chunkserver
 //! and awaits its `OrderDone`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,14 @@ pub struct ServerView {
     pub silent_for: Duration,
     /// Whether its full chunk list has arrived since it (re)connected.
     pub reported: bool,
+}
+
+impl ServerView {
+    /// Whether its copies count toward goals: while connected, and for `timeout` after it
+    /// went silent (a short absence does not set off re-replication).
+    pub fn counts(&self, timeout: Duration) -> bool {
+        self.connected || self.silent_for < timeout
+    }
 }
 
 struct Server {
@@ -190,8 +198,32 @@ impl Topology {
         }
     }
 
+    /// Every chunk some server holds a replica of, in id order.
+    pub fn chunk_ids(&self) -> Vec<ChunkId> {
+        let mut ids: Vec<ChunkId> = self.lock().chunks.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     pub fn replicas(&self, chunk: ChunkId) -> Vec<Replica> {
         self.lock().chunks.get(&chunk).cloned().unwrap_or_default()
+    }
+
+    /// The highest version any server reported for a chunk.
+    pub fn max_version(&self, chunk: ChunkId) -> Option<ChunkVersion> {
+        self.lock().chunks.get(&chunk).and_then(|l| l.iter().map(|r| r.version).max())
+    }
+
+    /// The replicas a version bump should move, with their versions: those at `version`, or,
+    /// when there are none, those at the highest version above it (a leader died between
+    /// moving them and committing: they hold the data of `version`, nothing was written).
+    pub fn current_copies(&self, chunk: ChunkId, version: ChunkVersion) -> Vec<(ChunkLocation, ChunkVersion)> {
+        let at = |v: ChunkVersion| self.valid_locations(chunk, v).into_iter().map(move |l| (l, v)).collect::<Vec<_>>();
+        let current = at(version);
+        match self.max_version(chunk) {
+            Some(ahead) if current.is_empty() && ahead > version => at(ahead),
+            _ => current,
+        }
     }
 
     /// Where a chunk's current version can be read, connected servers first.
@@ -230,6 +262,11 @@ impl Topology {
                 reported: s.reported,
             })
             .collect()
+    }
+
+    /// The servers whose copies count toward goals (see [`ServerView::counts`]).
+    pub fn counting(&self, timeout: Duration) -> HashSet<ChunkserverId> {
+        self.servers().into_iter().filter(|s| s.counts(timeout)).map(|s| s.id).collect()
     }
 
     /// Replica counts per chunk (chunk count, and the total of replicas known).
@@ -346,7 +383,8 @@ mod tests {
         let (tx, _rx) = mpsc::unbounded_channel();
         let g = t.register(&reg(1, 10, ""), tx);
         let st = |c, v| ChunkState { chunk: ChunkId(c), version: ChunkVersion(v), length: 0, leaving: false };
-        t.report(ChunkserverId(1), &[st(7, 1), st(8, 2)], true);
+        t.report(ChunkserverId(1), &[st(8, 2), st(7, 1)], true);
+        assert_eq!(t.chunk_ids(), vec![ChunkId(7), ChunkId(8)], "in id order");
         assert_eq!(t.valid_locations(ChunkId(7), ChunkVersion(1)).len(), 1);
         assert!(t.valid_locations(ChunkId(7), ChunkVersion(2)).is_empty(), "stale version is not valid");
         t.changed(ChunkserverId(1), &[st(7, 2)], &[(ChunkId(8), ChunkVersion(2))]);
@@ -354,9 +392,36 @@ mod tests {
         assert!(t.replicas(ChunkId(8)).is_empty());
         t.disconnect(ChunkserverId(1), g);
         assert!(!t.servers()[0].connected);
+        assert!(t.counting(Duration::from_secs(60)).contains(&ChunkserverId(1)), "copies count for a while");
+        assert!(t.counting(Duration::ZERO).is_empty(), "a lost server's copies do not count");
         assert_eq!(t.chunk_count(), (1, 1), "replicas stay known while disconnected");
         t.forget(ChunkserverId(1));
         assert_eq!(t.chunk_count(), (0, 0));
+    }
+
+    #[test]
+    fn replicas_ahead_of_the_metadata_are_current_only_when_none_is_at_its_version() {
+        let t = Topology::default();
+        let mut keep = Vec::new();
+        for id in 1..=3 {
+            let (tx, rx) = mpsc::unbounded_channel();
+            keep.push(rx);
+            t.register(&reg(id, 10, ""), tx);
+        }
+        let st = |v| ChunkState { chunk: ChunkId(5), version: ChunkVersion(v), length: 0, leaving: false };
+        t.report(ChunkserverId(1), &[st(3)], true);
+        t.report(ChunkserverId(2), &[st(4)], true);
+        t.report(ChunkserverId(3), &[st(4)], true);
+        let servers = |v: Vec<(ChunkLocation, ChunkVersion)>| {
+            let mut v: Vec<_> = v.into_iter().map(|(l, v)| (l.id.0, v.0)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(t.max_version(ChunkId(5)), Some(ChunkVersion(4)));
+        assert_eq!(servers(t.current_copies(ChunkId(5), ChunkVersion(3))), vec![(1, 3)], "the committed version wins");
+        assert_eq!(servers(t.current_copies(ChunkId(5), ChunkVersion(2))), vec![(2, 4), (3, 4)], "else the highest");
+        assert!(t.current_copies(ChunkId(5), ChunkVersion(5)).is_empty(), "never an older version");
+        assert_eq!(t.max_version(ChunkId(6)), None);
     }
 
     #[tokio::test]

@@ -79,6 +79,35 @@ pub struct ClusterView {
     pub chunk_copies: Vec<CopiesCount>,
     pub sessions: Vec<SessionSummary>,
     pub exports: Vec<String>,
+    /// The replication manager's work (the leader only).
+    #[serde(default)]
+    pub replication: Option<ReplicationView>,
+}
+
+/// What the leader's last replication pass found, and the orders sent since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationView {
+    pub passes: u64,
+    pub under_goal: u64,
+    pub over_goal: u64,
+    /// Chunks with no copy of their current version anywhere.
+    pub missing: u64,
+    /// Replicas of an old version.
+    pub stale: u64,
+    /// Copies on folders marked for removal that can go.
+    pub leaving: u64,
+    /// Chunks with replicas but no file.
+    pub orphans: u64,
+    pub replicated: u64,
+    pub deleted: u64,
+    pub failed: u64,
+}
+
+impl ReplicationView {
+    /// The last pass found nothing it could do (a chunk with no copy at all cannot be repaired).
+    pub fn idle(&self) -> bool {
+        self.under_goal + self.over_goal + self.stale + self.leaving + self.orphans == 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,11 +23,10 @@ pub fn free_addr() -> SocketAddr {
 
 /// A temporary folder, removed when dropped (kept if `ALCES_KEEP_TEST_DIRS` is set).
 pub fn temp_dir(prefix: &str) -> TempDir {
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("creating a temp dir");
-    if std::env::var_os("ALCES_KEEP_TEST_DIRS").is_some() {
+    let keep = std::env::var_os("ALCES_KEEP_TEST_DIRS").is_some();
+    let dir = tempfile::Builder::new().prefix(prefix).disable_cleanup(keep).tempdir().expect("creating a temp dir");
+    if keep {
         eprintln!("test dir kept: {}", dir.path().display());
-        let _ = dir.keep();
-        return tempfile::Builder::new().prefix(prefix).tempdir().expect("creating a temp dir");
     }
     dir
 }

@@ -520,7 +520,7 @@ async fn request(
         }
         R::StatFs => statfs(m).await,
         R::ReadChunk { inode, index } => m.read_chunk(ino(inode), index).await,
-        R::WriteChunk { inode, index } => m.write_lease(session, ino(inode), index).await,
+        R::WriteChunk { inode, index, after_failure } => m.write_lease(session, ino(inode), index, after_failure).await,
         R::WriteEnd { inode, chunk, size, .. } => {
             let reply = m.write_end(ino(inode), chunk, size).await?;
             match reply {
@@ -620,13 +620,17 @@ async fn file_info(m: &Arc<Master>, inode: Inode) -> Res {
         return Err(Status::Invalid.into());
     }
     let mut out = Vec::new();
+    // A copy on a lost server is not valid: it does not count toward the goal either.
+    let counting = m.topology.counting(m.config.chunkserver_timeout);
     for (index, chunk) in view.file_chunks(inode)? {
         let Some(c) = view.chunk(chunk)? else { continue };
         let copies = m
             .topology
             .replicas(chunk)
             .into_iter()
-            .filter_map(|r| Some((m.topology.location(r.server)?, r.version == c.version)))
+            .filter_map(|r| {
+                Some((m.topology.location(r.server)?, r.version == c.version && counting.contains(&r.server)))
+            })
             .collect();
         out.push(alces_proto::link::client_master::ChunkReport {
             index,

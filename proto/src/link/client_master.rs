@@ -206,6 +206,10 @@ pub enum ClientRequest {
     WriteChunk {
         inode: Inode,
         index: u32,
+        /// The last write under this session's lease failed: do not reuse the lease's chain,
+        /// move the replicas to a new version instead (a replica that missed part of the
+        /// write must not keep the version of the ones that have it).
+        after_failure: bool,
     },
     /// The writer is done with the lease; the file is at least `size` bytes long.
     WriteEnd {
@@ -283,7 +287,8 @@ pub struct ChunkReport {
     pub chunk: ChunkId,
     pub version: ChunkVersion,
     pub goal: Goal,
-    /// Every known replica with whether it holds the current version.
+    /// Every known replica with whether it is valid: of the current version, on a server not
+    /// lost (silent for less than the master's `CHUNKSERVER_TIMEOUT`).
     pub copies: Vec<(ChunkLocation, bool)>,
 }
 

@@ -1,0 +1,628 @@
+//! Self-healing with real processes (one master, several chunkservers on loopback): a killed
+//! chunkserver's chunks are copied back to their goal, returning servers' extra and stale copies
+//! are trimmed, corrupt copies (found by a read or by the scrubber) are replaced, a folder marked
+//! for removal empties, and an expired trash entry's chunk files disappear.
+//!
+//! Every check looks at both sides: what the master reports (`FileInfo`, as `alces fileinfo`)
+//! and the chunk files on the chunkservers' disks. Data is read back through the client's data
+//! path, and replica by replica straight from each chunkserver.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use alces_chunkserver::format::{parse_name, DATA_OFFSET};
+use alces_client::data::DataPath;
+use alces_client::master_link::{MasterClient, Options};
+use alces_ops::api::{ClusterView, CopiesCount, ReplicationView};
+use alces_ops::launcher::{Cluster, Layout};
+use alces_proto::link::client_cs::{DataReply, DataRequest, MAX_READ};
+use alces_proto::link::client_master::{ChunkReport, ClientReply, ClientRequest};
+use alces_proto::types::{ChunkId, ChunkVersion, Creds, FileKind, Inode, Name, TrashTime, CHUNK_SIZE};
+use alces_proto::{Connection, Handshake, LinkKind, DEFAULT_MAX_FRAME};
+use alces_testkit::{pseudo_random_bytes, TempDir};
+use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
+
+const MIB: usize = 1 << 20;
+/// How long the master waits before a silent chunkserver's copies stop counting (seconds).
+const CHUNKSERVER_TIMEOUT: u64 = 2;
+/// Deadline for the cluster to repair itself after a fault (passes run every 2 s; the machine
+/// may be busy with other builds and tests).
+const HEAL: Duration = Duration::from_secs(45);
+
+/// A cluster of one master and `chunkservers` chunkservers, and a client session.
+struct Env {
+    cluster: Cluster,
+    master: MasterClient,
+    _dir: TempDir,
+}
+
+async fn start(chunkservers: usize, goal: u8, chunkserver_extra: &[&str]) -> Result<Env> {
+    let dir = alces_testkit::temp_dir("alces-self-healing-");
+    let mut layout = Layout::new(dir.path(), 1, chunkservers)?;
+    layout.goal = goal;
+    layout.master_extra.push(format!("CHUNKSERVER_TIMEOUT = {CHUNKSERVER_TIMEOUT}"));
+    // A single master has no previous leader whose writes could still be under way.
+    layout.master_extra.push("REPLICATIONS_DELAY_INIT = 0".into());
+    layout.chunkserver_extra.extend(chunkserver_extra.iter().map(|s| s.to_string()));
+    let cluster = tokio::task::block_in_place(|| Cluster::up(&layout))?;
+    let master = MasterClient::connect(Options::new(cluster.client_addrs())).await?;
+    Ok(Env { cluster, master, _dir: dir })
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s.as_bytes().to_vec()).expect("a valid name")
+}
+
+/// A file written by a test: its pieces (file offset, bytes), each inside one chunk.
+struct TestFile {
+    name: String,
+    inode: Inode,
+    pieces: Vec<(u64, Vec<u8>)>,
+}
+
+impl TestFile {
+    fn chunk_indexes(&self) -> BTreeSet<u32> {
+        self.pieces.iter().map(|(off, _)| (off / CHUNK_SIZE) as u32).collect()
+    }
+}
+
+impl Env {
+    async fn call(&self, req: ClientRequest) -> Result<ClientReply> {
+        Ok(self.master.call(&Creds::root(), req).await?)
+    }
+
+    /// Creates `/name` and writes `pieces` (offset, length) of pseudo-random bytes.
+    async fn write_file(&self, name_: &str, seed: u64, pieces: &[(u64, usize)]) -> Result<TestFile> {
+        let create = ClientRequest::Create {
+            parent: Inode::ROOT,
+            name: name(name_),
+            kind: FileKind::File,
+            mode: 0o644,
+            umask: 0o022,
+            rdev: 0,
+            open: true,
+        };
+        let inode = match self.call(create).await? {
+            ClientReply::Attr(a) => a.inode,
+            other => bail!("create {name_}: unexpected {other:?}"),
+        };
+        let mut file = TestFile { name: name_.into(), inode, pieces: Vec::new() };
+        for (i, &(offset, len)) in pieces.iter().enumerate() {
+            let data = pseudo_random_bytes(seed * 1000 + i as u64, len);
+            self.write_piece(&mut file, offset, data).await?;
+        }
+        self.call(ClientRequest::Release { inode }).await?;
+        Ok(file)
+    }
+
+    /// Writes `data` at `offset` (inside one chunk) and records it in `file`.
+    async fn write_piece(&self, file: &mut TestFile, offset: u64, data: Vec<u8>) -> Result<()> {
+        let index = (offset / CHUNK_SIZE) as u32;
+        let in_chunk = offset % CHUNK_SIZE;
+        ensure!(in_chunk + data.len() as u64 <= CHUNK_SIZE, "a piece must fit in one chunk");
+        let size = file.pieces.iter().map(|(o, d)| o + d.len() as u64).chain([offset + data.len() as u64]).max();
+        DataPath::new(self.master.clone())
+            .write_chunk(file.inode, index, &[(in_chunk as u32, &data)], size.unwrap_or(0))
+            .await
+            .map_err(|s| anyhow::anyhow!("writing {} at {offset}: {s:?}", file.name))?;
+        // A rewrite inside an earlier piece replaces those bytes; anything else is new.
+        let end = offset + data.len() as u64;
+        match file.pieces.iter_mut().find(|(o, d)| *o <= offset && end <= *o + d.len() as u64) {
+            Some((o, d)) => {
+                let at = (offset - *o) as usize;
+                d[at..at + data.len()].copy_from_slice(&data);
+            }
+            None => {
+                ensure!(file.pieces.iter().all(|(o, d)| end <= *o || o + d.len() as u64 <= offset), "overlap");
+                file.pieces.push((offset, data));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every piece back through the client's data path (a fresh one: no cached
+    /// locations) and compares checksums; the gap after the first piece reads as zeros.
+    async fn check_contents(&self, files: &[&TestFile]) -> Result<()> {
+        let data = DataPath::new(self.master.clone());
+        for f in files {
+            for (offset, want) in &f.pieces {
+                let got = data
+                    .read(f.inode, *offset, want.len() as u32)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("reading {} at {offset}: {s:?}", f.name))?;
+                let (g, w) = (crc32fast::hash(&got), crc32fast::hash(want));
+                ensure!(got.len() == want.len() && g == w, "{} at {offset}: checksum {g:08x}, written {w:08x}", f.name);
+            }
+            if f.pieces.len() > 1 {
+                let (o, d) = &f.pieces[0];
+                let gap = data.read(f.inode, o + d.len() as u64, 4096).await.map_err(|s| anyhow::anyhow!("{s:?}"))?;
+                ensure!(gap == vec![0u8; 4096], "{}: the hole after the first piece is not zeros", f.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The master's view of a file's chunks (what `alces fileinfo` shows).
+    async fn file_info(&self, f: &TestFile) -> Result<Vec<ChunkReport>> {
+        match self.call(ClientRequest::FileInfo { inode: f.inode }).await? {
+            ClientReply::FileInfo(chunks) => Ok(chunks),
+            other => bail!("fileinfo {}: unexpected {other:?}", f.name),
+        }
+    }
+
+    fn view(&self) -> Result<ClusterView> {
+        tokio::task::block_in_place(|| self.cluster.view()).context("no master answers the admin API")
+    }
+
+    fn replication(&self) -> Result<ReplicationView> {
+        self.view()?.replication.context("the master answering is not the leader")
+    }
+
+    /// Waits for a replication pass that starts after now and finds nothing to do.
+    async fn wait_idle(&self) -> Result<ReplicationView> {
+        let first = self.replication()?.passes;
+        settle("an idle replication pass", HEAL, move || async move {
+            let r = self.replication()?;
+            // `first + 1` may have begun before this call; `first + 2` began after it.
+            Ok((r.passes < first + 2 || !r.idle()).then(|| format!("{r:?}")))
+        })
+        .await?;
+        self.replication()
+    }
+
+    fn chunkserver_ids(&self) -> Vec<u64> {
+        self.cluster.file.chunkservers.iter().map(|c| c.id).collect()
+    }
+
+    fn kill(&mut self, cs: u64, sig: Signal) -> Result<()> {
+        tokio::task::block_in_place(|| self.cluster.kill_chunkserver(cs, sig))
+    }
+
+    /// Starts chunkservers again and waits until every chunkserver is registered.
+    fn restart(&mut self, servers: &[u64]) -> Result<()> {
+        tokio::task::block_in_place(|| {
+            for &cs in servers {
+                self.cluster.start_chunkserver(cs)?;
+            }
+            let n = self.cluster.file.chunkservers.len();
+            self.cluster.wait_chunkservers(n, Duration::from_secs(30))
+        })
+    }
+
+    fn cs_entry(&self, cs: u64) -> &alces_ops::launcher::ChunkserverEntry {
+        self.cluster.file.chunkservers.iter().find(|c| c.id == cs).expect("a known chunkserver")
+    }
+}
+
+/// Polls `check` (which says what is still wrong, or `None`) every 250 ms until it passes.
+async fn settle<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<String>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(None) => return Ok(()),
+            Ok(Some(problem)) => problem,
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A chunk file found on a chunkserver's disk.
+#[derive(Debug, Clone)]
+struct DiskCopy {
+    cs: u64,
+    folder: usize,
+    version: ChunkVersion,
+    path: PathBuf,
+}
+
+/// Every chunk file (`XX/chunk_*.mfs`) on the data folders of `servers`, by chunk.
+fn disk_copies(env: &Env, servers: &[u64]) -> Result<BTreeMap<ChunkId, Vec<DiskCopy>>> {
+    let mut out: BTreeMap<ChunkId, Vec<DiskCopy>> = BTreeMap::new();
+    for cs in &env.cluster.file.chunkservers {
+        if !servers.contains(&cs.id) {
+            continue;
+        }
+        for (folder, root) in cs.folders.iter().enumerate() {
+            for sub in std::fs::read_dir(root)? {
+                let sub = sub?.path();
+                if !sub.is_dir() {
+                    continue;
+                }
+                for entry in std::fs::read_dir(&sub)? {
+                    let path = entry?.path();
+                    let Some((id, version)) = path.file_name().and_then(|n| n.to_str()).and_then(parse_name) else {
+                        continue; // damaged_*, *.tmp, .lock
+                    };
+                    out.entry(id).or_default().push(DiskCopy { cs: cs.id, folder, version, path });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Files whose names start with `damaged_` (replicas a chunkserver moved aside) on a server.
+fn damaged_files(env: &Env, cs: u64) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for root in &env.cs_entry(cs).folders {
+        for sub in std::fs::read_dir(root)? {
+            let sub = sub?.path();
+            if sub.is_dir() {
+                for entry in std::fs::read_dir(&sub)? {
+                    let p = entry?.path();
+                    if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("damaged_")) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What is wrong with the placement of every chunk of `files` (which must be every file with
+/// data): each chunk must have exactly `goal` valid copies, all on servers in `live`, by the
+/// master's account (`FileInfo` and the monitor's copies table) and on disk alike, and no
+/// other copy on those servers (no stale version, no chunk of no file). Copies on servers not
+/// in `live` (killed ones) may still be listed but must not count as valid.
+async fn placement_problems(env: &Env, files: &[&TestFile], goal: usize, live: &[u64]) -> Result<Option<String>> {
+    let mut problems = Vec::new();
+    let mut disk = disk_copies(env, live)?;
+    let mut chunk_count = 0;
+    for f in files {
+        let chunks = env.file_info(f).await?;
+        chunk_count += chunks.len() as u64;
+        let indexes: BTreeSet<u32> = chunks.iter().map(|c| c.index).collect();
+        if indexes != f.chunk_indexes() {
+            problems.push(format!("{}: chunks {indexes:?}, written {:?}", f.name, f.chunk_indexes()));
+        }
+        for c in &chunks {
+            let what = format!("{} chunk {} v{}", f.name, c.chunk.hex(), c.version);
+            let valid: BTreeSet<u64> = c.copies.iter().filter(|(_, v)| *v).map(|(l, _)| l.id.0).collect();
+            let here = c.copies.iter().filter(|(l, _)| live.contains(&l.id.0)).count();
+            if valid.len() != goal || here != goal || !valid.iter().all(|s| live.contains(s)) {
+                let copies: Vec<String> = c.copies.iter().map(|(l, v)| format!("cs{}:{}", l.id, v)).collect();
+                problems.push(format!("{what}: the master lists {copies:?}, goal {goal}, live servers {live:?}"));
+            }
+            let files = disk.remove(&c.chunk).unwrap_or_default();
+            let current: BTreeSet<u64> = files.iter().filter(|d| d.version == c.version).map(|d| d.cs).collect();
+            if files.len() != goal || current != valid {
+                let found: Vec<String> =
+                    files.iter().map(|d| format!("cs{}/hdd{} v{}", d.cs, d.folder + 1, d.version)).collect();
+                problems.push(format!("{what}: files on disk {found:?}, the master's valid copies on {valid:?}"));
+            }
+        }
+    }
+    for (chunk, copies) in disk {
+        let found: Vec<String> = copies.iter().map(|d| format!("cs{} v{}", d.cs, d.version)).collect();
+        problems.push(format!("chunk {} belongs to no file but is on disk: {found:?}", chunk.hex()));
+    }
+    let table = env.view()?.chunk_copies;
+    let want = vec![CopiesCount { goal: goal as u8, valid: goal as u32, chunks: chunk_count }];
+    if table != want {
+        problems.push(format!("the monitor's copies table says {table:?}"));
+    }
+    Ok((!problems.is_empty()).then(|| problems.join("\n  ")))
+}
+
+/// Waits until [`placement_problems`] finds nothing, then for an idle replication pass, and
+/// checks once more that nothing moved meanwhile.
+async fn wait_placement(env: &Env, files: &[&TestFile], goal: usize, live: &[u64], what: &str) -> Result<()> {
+    settle(what, HEAL, move || placement_problems(env, files, goal, live)).await?;
+    env.wait_idle().await?;
+    if let Some(p) = placement_problems(env, files, goal, live).await? {
+        bail!("after the replication manager went idle ({what}):\n  {p}");
+    }
+    Ok(())
+}
+
+/// Reads `len` bytes at `offset` of one replica straight from its chunkserver (which checks
+/// the CRCs).
+async fn read_replica(addr: &str, chunk: ChunkId, version: ChunkVersion, offset: u32, len: u32) -> Result<Vec<u8>> {
+    let mut conn = Connection::connect(addr, DEFAULT_MAX_FRAME, Duration::from_secs(3)).await?;
+    Handshake::new(LinkKind::ClientChunkserver, "self-healing test", None).dial(&mut conn).await?;
+    let mut out = Vec::with_capacity(len as usize);
+    while (out.len() as u32) < len {
+        let piece = (len - out.len() as u32).min(MAX_READ);
+        let req = DataRequest::Read { chunk, version, offset: offset + out.len() as u32, len: piece };
+        match conn.call::<_, DataReply>(&req, Duration::from_secs(30)).await? {
+            DataReply::Data(d) if d.len() == piece as usize => out.extend_from_slice(&d),
+            other => bail!("{addr}: reading chunk {} v{version}: {other:?}", chunk.hex()),
+        }
+    }
+    Ok(out)
+}
+
+/// Every copy the master lists on `servers` is of the current version and serves, straight
+/// from its chunkserver, the bytes that were written.
+async fn check_replicas(env: &Env, files: &[&TestFile], servers: &[u64]) -> Result<()> {
+    for f in files {
+        for c in env.file_info(f).await? {
+            for (loc, valid) in c.copies.iter().filter(|(l, _)| servers.contains(&l.id.0)) {
+                let what = || format!("{} chunk {} on cs{}", f.name, c.chunk.hex(), loc.id);
+                ensure!(*valid, "{}: not the current version", what());
+                for (offset, want) in f.pieces.iter().filter(|(o, _)| (o / CHUNK_SIZE) as u32 == c.index) {
+                    let at = (offset % CHUNK_SIZE) as u32;
+                    let got =
+                        read_replica(&loc.addr, c.chunk, c.version, at, want.len() as u32).await.with_context(what)?;
+                    ensure!(&got == want, "{}: other bytes than written at {offset}", what());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Six files of up to a few MiB, one of them with two chunks (a hole between): 7 chunks.
+async fn write_files(env: &Env, prefix: &str) -> Result<Vec<TestFile>> {
+    let shapes: [&[(u64, usize)]; 6] = [
+        &[(0, 3 * MIB)],
+        &[(0, 2 * MIB + 12_345)],
+        &[(0, 700_000)],
+        &[(0, MIB), (CHUNK_SIZE + 4096, MIB + 77)],
+        &[(0, 100)],
+        &[(0, 1500 * 1024)],
+    ];
+    let mut files = Vec::new();
+    for (i, shape) in shapes.iter().enumerate() {
+        files.push(env.write_file(&format!("{prefix}{i}"), i as u64 + 1, shape).await?);
+    }
+    Ok(files)
+}
+
+fn refs(files: &[TestFile]) -> Vec<&TestFile> {
+    files.iter().collect()
+}
+
+/// Chunks each server holds (from the disk), to choose servers whose loss matters.
+fn chunks_per_server(env: &Env) -> Result<BTreeMap<u64, usize>> {
+    let mut per: BTreeMap<u64, usize> = env.chunkserver_ids().into_iter().map(|id| (id, 0)).collect();
+    for copies in disk_copies(env, &env.chunkserver_ids())?.values() {
+        for c in copies {
+            *per.entry(c.cs).or_default() += 1;
+        }
+    }
+    Ok(per)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_chunkservers_chunks_get_back_to_their_goal() -> Result<()> {
+    let mut env = start(3, 2, &[]).await?;
+    let files = write_files(&env, "f").await?;
+    let all = env.chunkserver_ids();
+    wait_placement(&env, &refs(&files), 2, &all, "2 copies of every chunk").await?;
+
+    let per = chunks_per_server(&env)?;
+    let (&victim, &held) = per.iter().max_by_key(|(_, n)| **n).expect("servers");
+    ensure!(held > 0, "the chunkserver to kill holds no chunk: {per:?}");
+    let before = env.replication()?.replicated;
+    env.kill(victim, Signal::SIGKILL)?;
+    let survivors: Vec<u64> = all.iter().copied().filter(|&c| c != victim).collect();
+    let killed = Instant::now();
+    wait_placement(&env, &refs(&files), 2, &survivors, "2 copies of every chunk on the survivors").await?;
+    eprintln!("2 copies of {held} chunks back {:?} after the kill", killed.elapsed());
+    let r = env.replication()?;
+    ensure!(r.replicated >= before + held as u64, "only {} copies made for {held} lost ones", r.replicated - before);
+    env.check_contents(&refs(&files)).await?;
+    check_replicas(&env, &refs(&files), &survivors).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn returning_chunkservers_extra_and_stale_copies_are_trimmed() -> Result<()> {
+    let mut env = start(5, 3, &[]).await?;
+    let mut files = write_files(&env, "g").await?;
+    let all = env.chunkserver_ids();
+    wait_placement(&env, &refs(&files), 3, &all, "3 copies of every chunk").await?;
+
+    // Kill the two servers holding the most chunks.
+    let per = chunks_per_server(&env)?;
+    let mut by_load: Vec<(u64, usize)> = per.into_iter().collect();
+    by_load.sort_by_key(|(id, n)| (std::cmp::Reverse(*n), *id));
+    let victims: Vec<u64> = by_load.iter().take(2).map(|(id, _)| *id).collect();
+    ensure!(by_load[0].1 > 0, "nothing to lose: {by_load:?}");
+    for &v in &victims {
+        env.kill(v, Signal::SIGKILL)?;
+    }
+    let survivors: Vec<u64> = all.iter().copied().filter(|c| !victims.contains(c)).collect();
+
+    // A write while they are away, to a chunk one of them has: that copy becomes stale.
+    let victims_disk = disk_copies(&env, &victims)?;
+    let mut target = None;
+    for (i, f) in files.iter().enumerate() {
+        if victims_disk.contains_key(&env.file_info(f).await?[0].chunk) {
+            target = Some(i);
+            break;
+        }
+    }
+    let target = target.context("the victims hold no first chunk of any file")?;
+    env.write_piece(&mut files[target], 5000, pseudo_random_bytes(4242, 100_000)).await?;
+    let rewritten = env.file_info(&files[target]).await?[0].clone();
+    let stale = victims_disk[&rewritten.chunk].iter().filter(|d| d.version < rewritten.version).count();
+    ensure!(stale > 0, "no stale copy on the victims: {:?}", victims_disk[&rewritten.chunk]);
+
+    wait_placement(&env, &refs(&files), 3, &survivors, "3 copies of every chunk on the 3 survivors").await?;
+    env.check_contents(&refs(&files)).await?;
+
+    // Every chunk is on every survivor now; the victims' copies are all extra or stale.
+    let on_disk: usize = disk_copies(&env, &all)?.values().map(Vec::len).sum();
+    let chunks: usize = files.iter().map(|f| f.chunk_indexes().len()).sum();
+    let extra = on_disk - 3 * chunks;
+    eprintln!("{on_disk} chunk files for {chunks} chunks before the restart: {extra} to delete ({stale} stale)");
+    let deleted_before = env.replication()?.deleted;
+    env.restart(&victims)?;
+    wait_placement(&env, &refs(&files), 3, &all, "exactly 3 copies of every chunk once all 5 are back").await?;
+    let deleted = env.replication()?.deleted - deleted_before;
+    ensure!(deleted >= extra as u64, "{deleted} copies deleted, {extra} were extra");
+    check_replicas(&env, &refs(&files), &all).await?;
+    env.check_contents(&refs(&files)).await
+}
+
+/// Flips one byte of the data of a chunk file (in its first block).
+fn flip_byte(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let at = DATA_OFFSET + 1234;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at)?;
+    b[0] ^= 0xff;
+    f.write_all_at(&b, at)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Where a chunk's copy is on a server's disk.
+fn disk_path(env: &Env, cs: u64, chunk: ChunkId) -> Result<PathBuf> {
+    let copies = disk_copies(env, &[cs])?;
+    let c = copies.get(&chunk).and_then(|v| v.first()).with_context(|| format!("chunk {} on cs{cs}", chunk.hex()))?;
+    Ok(c.path.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_copy_found_by_a_read_is_replaced() -> Result<()> {
+    // No scrubbing: only the client's read can find the damage.
+    let env = start(3, 2, &["SCRUB_RATE = 0"]).await?;
+    let a = env.write_file("a", 1, &[(0, 2 * MIB)]).await?;
+    let b = env.write_file("b", 2, &[(0, MIB)]).await?;
+    let all = env.chunkserver_ids();
+    wait_placement(&env, &[&a, &b], 2, &all, "2 copies of every chunk").await?;
+
+    // The client reads the first location the master gives: damage that copy.
+    let (chunk, bad_cs) = match env.call(ClientRequest::ReadChunk { inode: a.inode, index: 0 }).await? {
+        ClientReply::ChunkLocations { chunk: Some((chunk, _)), locations, .. } => (chunk, locations[0].id.0),
+        other => bail!("unexpected {other:?}"),
+    };
+    let path = disk_path(&env, bad_cs, chunk)?;
+    flip_byte(&path)?;
+    ensure!(damaged_files(&env, bad_cs)?.is_empty());
+
+    env.check_contents(&[&a]).await.context("reading past the corrupt copy")?;
+    ensure!(!path.exists(), "the corrupt copy is still in place after a read hit it");
+    ensure!(damaged_files(&env, bad_cs)?.len() == 1, "the corrupt copy was not moved aside");
+    wait_placement(&env, &[&a, &b], 2, &all, "2 good copies again").await?;
+    check_replicas(&env, &[&a, &b], &all).await?;
+    let crc_errors: u64 = env.view()?.chunkservers.iter().map(|c| c.crc_errors).sum();
+    ensure!(crc_errors == 1, "CRC errors reported: {crc_errors}");
+    env.check_contents(&[&a, &b]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_copy_found_by_the_scrubber_is_replaced() -> Result<()> {
+    let env = start(3, 2, &["SCRUB_RATE = 64MiB"]).await?;
+    let a = env.write_file("a", 3, &[(0, 2 * MIB)]).await?;
+    let b = env.write_file("b", 4, &[(0, MIB)]).await?;
+    let all = env.chunkserver_ids();
+    wait_placement(&env, &[&a, &b], 2, &all, "2 copies of every chunk").await?;
+
+    let info = env.file_info(&b).await?;
+    let (chunk, bad_cs) = (info[0].chunk, info[0].copies[0].0.id.0);
+    let path = disk_path(&env, bad_cs, chunk)?;
+    flip_byte(&path)?;
+    // Nobody reads the file: the scrubber finds the damage by itself.
+    let (envr, path_) = (&env, &path);
+    settle("the scrubber to move the corrupt copy aside", HEAL, move || async move {
+        let (env, path) = (envr, path_);
+        let n = damaged_files(env, bad_cs)?.len();
+        Ok((n != 1 || path.exists()).then(|| format!("{n} damaged files, corrupt file present: {}", path.exists())))
+    })
+    .await?;
+    wait_placement(&env, &[&a, &b], 2, &all, "2 good copies again").await?;
+    check_replicas(&env, &[&a, &b], &all).await?;
+    env.check_contents(&[&a, &b]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_folder_marked_for_removal_empties_while_files_stay_readable() -> Result<()> {
+    let mut env = start(3, 2, &[]).await?;
+    let files = write_files(&env, "h").await?;
+    let all = env.chunkserver_ids();
+    wait_placement(&env, &refs(&files), 2, &all, "2 copies of every chunk").await?;
+
+    // The fullest folder of any server is marked for removal.
+    let mut per_folder: BTreeMap<(u64, usize), usize> = BTreeMap::new();
+    for copies in disk_copies(&env, &all)?.values() {
+        for c in copies {
+            *per_folder.entry((c.cs, c.folder)).or_default() += 1;
+        }
+    }
+    let (&(cs, folder), &held) = per_folder.iter().max_by_key(|(_, n)| **n).expect("chunks on disk");
+    ensure!(held > 0);
+    let entry = env.cs_entry(cs).clone();
+    let hdd_cfg = entry.config.parent().expect("cs folder").join("hdd.cfg");
+    let text: String = entry
+        .folders
+        .iter()
+        .enumerate()
+        .map(|(i, f)| format!("{}{}\n", if i == folder { "*" } else { "" }, f.display()))
+        .collect();
+    env.kill(cs, Signal::SIGTERM)?;
+    std::fs::write(&hdd_cfg, text)?;
+    env.restart(&[cs])?;
+    let marked = entry.folders[folder].clone();
+    eprintln!("{} marked for removal with {held} chunks", marked.display());
+
+    let (envr, marked_) = (&env, &marked);
+    settle("the marked folder to empty", HEAL, move || async move {
+        let (env, marked) = (envr, marked_);
+        let left = disk_copies(env, &[cs])?.values().flatten().filter(|c| c.folder == folder).count();
+        Ok((left > 0).then(|| format!("{left} chunk files left in {}", marked.display())))
+    })
+    .await?;
+    wait_placement(&env, &refs(&files), 2, &all, "2 copies of every chunk, none on the marked folder").await?;
+    let left = disk_copies(&env, &[cs])?.values().flatten().filter(|c| c.folder == folder).count();
+    ensure!(left == 0, "{left} chunk files came back to the marked folder");
+    let disk = env.view()?.chunkservers.into_iter().find(|c| c.id == cs).context("the server")?;
+    ensure!(disk.disks.iter().any(|d| d.leaving && d.chunks == 0), "the master sees no empty leaving folder: {disk:?}");
+    env.check_contents(&refs(&files)).await?;
+    check_replicas(&env, &refs(&files), &all).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_trash_entry_frees_its_chunks_on_the_chunkservers() -> Result<()> {
+    let env = start(3, 2, &[]).await?;
+    let expiring = env.write_file("expiring", 1, &[(0, 2 * MIB), (CHUNK_SIZE, 300_000)]).await?;
+    let trashed = env.write_file("trashed", 2, &[(0, MIB)]).await?;
+    let live = env.write_file("live", 3, &[(0, MIB)]).await?;
+    let all = env.chunkserver_ids();
+    let everything = [&expiring, &trashed, &live];
+    wait_placement(&env, &everything, 2, &all, "2 copies of every chunk").await?;
+
+    let set = ClientRequest::SetTrashTime { inode: expiring.inode, trash_time: TrashTime(1), recursive: false };
+    match env.call(set).await? {
+        ClientReply::Counts { changed: 1, .. } => {}
+        other => bail!("settrashtime: unexpected {other:?}"),
+    }
+    let gone: Vec<ChunkId> = env.file_info(&expiring).await?.iter().map(|c| c.chunk).collect();
+    ensure!(gone.len() == 2);
+    let chunks_before = env.view()?.chunks;
+    for f in [&expiring, &trashed] {
+        env.call(ClientRequest::Unlink { parent: Inode::ROOT, name: name(&f.name) }).await?;
+    }
+    let unlinked = Instant::now();
+    let (envr, gone_, all_) = (&env, &gone, &all);
+    settle("the expired file's chunk files to disappear", HEAL, move || async move {
+        let (env, gone, all) = (envr, gone_, all_);
+        let disk = disk_copies(env, all)?;
+        let left: Vec<String> = gone
+            .iter()
+            .flat_map(|c| disk.get(c).into_iter().flatten().map(move |d| format!("{} on cs{}", c.hex(), d.cs)))
+            .collect();
+        Ok((!left.is_empty()).then(|| format!("still on disk: {left:?}")))
+    })
+    .await?;
+    eprintln!("chunk files of the expired file gone {:?} after the unlink", unlinked.elapsed());
+    ensure!(env.view()?.chunks == chunks_before - 2, "the namespace still counts the expired file's chunks");
+    // The file in the trash (default trash time) keeps its copies; the live one too.
+    wait_placement(&env, &[&trashed, &live], 2, &all, "the other files' copies untouched").await?;
+    env.check_contents(&[&trashed, &live]).await
+}
