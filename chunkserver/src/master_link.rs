@@ -174,9 +174,9 @@ async fn replicate(
     version: ChunkVersion,
     sources: &[ChunkLocation],
 ) -> Result<(), DataError> {
-    if store.version_of(chunk).await == Some(version) {
-        return Ok(());
-    }
+    // Even when this server has the version already: the master ordered the copy because it
+    // does not count this one (a client reported it bad), so it is replaced from a good
+    // source and announced again.
     let mut last = DataError::NoChunk;
     for src in sources {
         match copy_from(store, cfg, chunk, version, src).await {

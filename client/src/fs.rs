@@ -40,6 +40,9 @@ pub struct Options {
     pub write_budget: usize,
     /// Bytes fetched ahead for sequential reads.
     pub read_ahead: usize,
+    /// Read-ahead bytes of all handles together, at most (beyond it reads fetch only what
+    /// was asked).
+    pub read_budget: usize,
     /// What `.masterinfo` says (the cluster and the mounted path).
     pub masterinfo: String,
 }
@@ -51,6 +54,7 @@ impl Default for Options {
             flush_at: 16 << 20,
             write_budget: 256 << 20,
             read_ahead: 4 << 20,
+            read_budget: 256 << 20,
             masterinfo: String::new(),
         }
     }
@@ -114,8 +118,22 @@ impl Dirty {
 }
 
 enum Handle_ {
-    File { inode: Inode, read_ahead: Mutex<Option<(u64, Vec<u8>)>>, last_end: AtomicU64 },
+    File { inode: Inode, read_ahead: Mutex<Option<Ahead>>, last_end: AtomicU64 },
     Dir { entries: Vec<(Vec<u8>, u64, FileType)> },
+}
+
+/// Bytes a handle fetched ahead of the reader, counted against the mount's read budget while
+/// they are held.
+struct Ahead {
+    start: u64,
+    buf: Vec<u8>,
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.buf.len(), Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -125,6 +143,7 @@ struct Inner {
     opts: Options,
     dirty: Mutex<HashMap<Inode, Arc<tokio::sync::Mutex<Dirty>>>>,
     dirty_bytes: AtomicUsize,
+    ahead_bytes: Arc<AtomicUsize>,
     handles: Mutex<HashMap<u64, Arc<Handle_>>>,
     next_fh: AtomicU64,
 }
@@ -324,20 +343,25 @@ impl Inner {
         let Handle_::File { inode, read_ahead, last_end } = h else { return Err(Errno::EISDIR) };
         self.flush(*inode).await?;
         let end = offset + size as u64;
-        if let Some((start, buf)) = &*read_ahead.lock().expect("read-ahead lock") {
-            if offset >= *start && end <= start + buf.len() as u64 {
-                let at = (offset - start) as usize;
+        if let Some(a) = &*read_ahead.lock().expect("read-ahead lock") {
+            if offset >= a.start && end <= a.start + a.buf.len() as u64 {
+                let at = (offset - a.start) as usize;
                 last_end.store(end, Ordering::Relaxed);
-                return Ok(buf[at..at + size as usize].to_vec());
+                return Ok(a.buf[at..at + size as usize].to_vec());
             }
         }
+        // Drop this handle's old read-ahead before deciding whether the budget has room.
+        *read_ahead.lock().expect("read-ahead lock") = None;
         let sequential = last_end.load(Ordering::Relaxed) == offset;
-        let fetch = if sequential { (size as usize).max(self.opts.read_ahead) as u32 } else { size };
+        let room = self.ahead_bytes.load(Ordering::Relaxed) + self.opts.read_ahead <= self.opts.read_budget;
+        let fetch = if sequential && room { (size as usize).max(self.opts.read_ahead) as u32 } else { size };
         let data = self.data.read(*inode, offset, fetch).await.map_err(errno)?;
         last_end.store(end, Ordering::Relaxed);
         let out = data[..data.len().min(size as usize)].to_vec();
         if data.len() > size as usize {
-            *read_ahead.lock().expect("read-ahead lock") = Some((offset, data));
+            self.ahead_bytes.fetch_add(data.len(), Ordering::Relaxed);
+            let a = Ahead { start: offset, buf: data, held: self.ahead_bytes.clone() };
+            *read_ahead.lock().expect("read-ahead lock") = Some(a);
         }
         Ok(out)
     }
@@ -378,6 +402,7 @@ impl AlcesFs {
                 opts,
                 dirty: Mutex::default(),
                 dirty_bytes: AtomicUsize::new(0),
+                ahead_bytes: Arc::default(),
                 handles: Mutex::default(),
                 next_fh: AtomicU64::new(1),
             }),

@@ -70,6 +70,21 @@ fn start(dir: &Path, mount: Option<PathBuf>, exports: Option<&str>, delay_init: 
     Cluster::up(&layout)
 }
 
+/// `df` on the mount reports the space of the live chunkservers (as the admin API lists it).
+fn df_shows_the_cluster_space(cluster: &Cluster, mnt: &Path) -> Result<()> {
+    cluster.wait_chunkservers(3, Duration::from_secs(30))?;
+    let view = cluster.view().context("no master answers the admin API")?;
+    let total: u64 = view.chunkservers.iter().filter(|s| s.alive).map(|s| s.total_bytes).sum();
+    let s = nix::sys::statvfs::statvfs(mnt)?;
+    let df_total = s.blocks() as u64 * s.fragment_size() as u64;
+    let block = s.fragment_size() as u64;
+    ensure!(total > 0, "the chunkservers report no space");
+    ensure!(total.abs_diff(df_total) < block, "df says {df_total} bytes, the chunkservers have {total}");
+    let df_avail = s.blocks_available() as u64 * block;
+    ensure!(df_avail > 0 && df_avail <= df_total, "df says {df_avail} of {df_total} bytes available");
+    Ok(())
+}
+
 fn basic_file_operations(mnt: &Path) -> Result<()> {
     let d = mnt.join("basic");
     fs::create_dir(&d)?;
@@ -219,6 +234,7 @@ fn a_mount_does_files_tools_trash_snapshots_and_posix() -> Result<()> {
     let dir = alces_testkit::temp_dir("alces-mount-");
     let mnt = dir.path().join("mnt");
     let mut cluster = start(dir.path(), Some(mnt.clone()), None, 1)?;
+    df_shows_the_cluster_space(&cluster, &mnt).context("df")?;
     basic_file_operations(&mnt).context("basic file operations")?;
     big_file(&mnt).context("a 200 MiB file")?;
     concurrent_writers(&mnt).context("concurrent writers")?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use alces_proto::link::cs_master::{ChunkOrder, ChunkState, CsLoad, CsRegister, MasterToCs};
 use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, ChunkserverId};
+use rand::seq::SliceRandom;
 use tokio::sync::{mpsc, oneshot};
 
 /// How long the leader waits for a chunkserver to carry out an order.
@@ -285,6 +286,16 @@ impl Topology {
             .filter(|(id, s)| s.tx.is_some() && !exclude.contains(id) && s.load.avail_bytes > 0)
             .collect();
         candidates.sort_by(|a, b| b.1.load.avail_bytes.cmp(&a.1.load.avail_bytes).then(a.0.cmp(b.0)));
+        // Servers within 10% of each other's free space count as equal and are taken in a
+        // random order, so that servers sharing a disk (or equally empty ones) share the load.
+        let mut start = 0;
+        while start < candidates.len() {
+            let top = candidates[start].1.load.avail_bytes;
+            let end =
+                start + candidates[start..].iter().take_while(|(_, s)| s.load.avail_bytes >= top - top / 10).count();
+            candidates[start..end].shuffle(&mut rand::thread_rng());
+            start = end;
+        }
         let mut chosen: Vec<(ChunkserverId, &Server)> = Vec::new();
         // First pass: at most one per label; second pass fills up.
         for spread in [true, false] {
@@ -375,6 +386,24 @@ mod tests {
         assert_eq!(ids(t.place(3, &[])), vec![2, 3, 4], "a third label before a second copy on label a");
         assert_eq!(ids(t.place(4, &[])), vec![2, 3, 4, 1]);
         assert_eq!(ids(t.place(9, &[ChunkserverId(2)])), vec![3, 1, 4], "never a full server, never an excluded one");
+    }
+
+    #[test]
+    fn servers_with_about_the_same_free_space_share_new_chunks() {
+        let t = Topology::default();
+        let mut keep = Vec::new();
+        for (id, avail) in [(1, 1000), (2, 990), (3, 950), (4, 500)] {
+            let (tx, rx) = mpsc::unbounded_channel();
+            keep.push(rx);
+            t.register(&reg(id, avail, ""), tx);
+        }
+        let mut firsts = BTreeMap::new();
+        for _ in 0..300 {
+            let placed = t.place(1, &[]);
+            *firsts.entry(placed[0].id.0).or_insert(0) += 1;
+        }
+        assert!(!firsts.contains_key(&4), "a much fuller server is not among the first: {firsts:?}");
+        assert!(firsts.len() == 3 && firsts.values().all(|&n| n > 50), "ties shared: {firsts:?}");
     }
 
     #[test]

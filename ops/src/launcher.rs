@@ -18,6 +18,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::admin_client::AdminClient;
 use crate::api::ClusterView;
 
 /// What to start.
@@ -108,6 +109,38 @@ pub struct ClusterFile {
     pub mounts: Vec<MountEntry>,
     pub secret_file: PathBuf,
     pub exports_file: PathBuf,
+    /// Goal of the root directory, and extra `master.cfg` lines: masters added later get the same.
+    #[serde(default = "default_goal")]
+    pub goal: u8,
+    #[serde(default)]
+    pub master_extra: Vec<String>,
+}
+
+fn default_goal() -> u8 {
+    2
+}
+
+impl ClusterFile {
+    /// `DIR/cluster.json`.
+    pub fn read(dir: &Path) -> Result<ClusterFile> {
+        let path = dir.join("cluster.json");
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// The listening addresses of one master.
+struct MasterAddrs {
+    raft: SocketAddr,
+    client: SocketAddr,
+    cs: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl MasterAddrs {
+    fn free() -> Result<MasterAddrs> {
+        Ok(MasterAddrs { raft: free_addr()?, client: free_addr()?, cs: free_addr()?, admin: free_addr()? })
+    }
 }
 
 /// A running local cluster.
@@ -137,6 +170,15 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
         .with_context(|| format!("starting {}", bin.display()))
 }
 
+/// Writes a `KEY = VALUE` file: `text` followed by the `extra` lines.
+fn write_config(path: &Path, mut text: String, extra: &[String]) -> Result<()> {
+    for line in extra {
+        text.push_str(line);
+        text.push('\n');
+    }
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
 fn alive(pid: u32) -> bool {
     pid != 0 && kill(Pid::from_raw(pid as i32), None).is_ok()
 }
@@ -149,9 +191,7 @@ fn signal(pid: u32, sig: Signal) {
 
 /// `GET http://addr/api/v1/cluster`.
 pub fn fetch_cluster(admin_addr: &str) -> Result<ClusterView> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(2))).build().into();
-    let view = agent.get(&format!("http://{admin_addr}/api/v1/cluster")).call()?.body_mut().read_json()?;
-    Ok(view)
+    Ok(AdminClient::new(vec![], None).with_read_timeout(Duration::from_secs(2)).cluster_at(admin_addr)?)
 }
 
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
@@ -191,6 +231,8 @@ impl Cluster {
             file: ClusterFile {
                 secret_file: secret_file.clone(),
                 exports_file: exports_file.clone(),
+                goal: layout.goal,
+                master_extra: layout.master_extra.clone(),
                 ..Default::default()
             },
             children: BTreeMap::new(),
@@ -199,48 +241,17 @@ impl Cluster {
         // Every master's addresses are known before any starts: they form PEERS.
         let mut masters = Vec::new();
         for id in 1..=layout.masters as u64 {
-            let (raft, client, cs, admin) = (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
-            masters.push((id, raft, client, cs, admin));
+            masters.push((id, MasterAddrs::free()?));
         }
         let peers = masters
             .iter()
-            .map(|(id, r, cl, cs, a)| format!("{id}@127.0.0.1:{}:{}:{}:{}", r.port(), cl.port(), cs.port(), a.port()))
+            .map(|(id, a)| {
+                format!("{id}@127.0.0.1:{}:{}:{}:{}", a.raft.port(), a.client.port(), a.cs.port(), a.admin.port())
+            })
             .collect::<Vec<_>>()
             .join(",");
-        for (id, raft, client, cs, admin) in masters {
-            let mdir = dir.join(format!("master{id}"));
-            fs::create_dir_all(&mdir)?;
-            let config = mdir.join("master.cfg");
-            let mut text = format!(
-                "ID = {id}\nDATA_PATH = {}\nADVERTISE_HOST = 127.0.0.1\nRAFT_LISTEN_HOST = 127.0.0.1\nRAFT_LISTEN_PORT = {}\n\
-                 MATOCL_LISTEN_HOST = 127.0.0.1\nMATOCL_LISTEN_PORT = {}\nMATOCS_LISTEN_HOST = 127.0.0.1\nMATOCS_LISTEN_PORT = {}\n\
-                 ADMIN_LISTEN_HOST = 127.0.0.1\nADMIN_LISTEN_PORT = {}\nPEERS = {peers}\nCLUSTER_SECRET_FILE = {}\n\
-                 EXPORTS_FILENAME = {}\nDEFAULT_GOAL = {}\n",
-                mdir.join("data").display(),
-                raft.port(),
-                client.port(),
-                cs.port(),
-                admin.port(),
-                secret_file.display(),
-                exports_file.display(),
-                layout.goal,
-            );
-            for line in &layout.master_extra {
-                text.push_str(line);
-                text.push('\n');
-            }
-            fs::write(&config, text)?;
-            c.file.masters.push(MasterEntry {
-                id,
-                pid: 0,
-                raft_addr: raft.to_string(),
-                client_addr: client.to_string(),
-                cs_addr: cs.to_string(),
-                admin_addr: admin.to_string(),
-                data_dir: mdir.join("data"),
-                config,
-                log: mdir.join("master.log"),
-            });
+        for (id, addrs) in masters {
+            c.configure_master(id, &addrs, Some(&peers))?;
         }
         for i in 0..c.file.masters.len() {
             c.start_master(c.file.masters[i].id)?;
@@ -257,7 +268,7 @@ impl Cluster {
             fs::write(&hdd, folders.iter().map(|f| format!("{}\n", f.display())).collect::<String>())?;
             let addr = free_addr()?;
             let config = cdir.join("chunkserver.cfg");
-            let mut text = format!(
+            let text = format!(
                 "ID = {id}\nDATA_PATH = {}\nHDD_CONF_FILENAME = {}\nMASTERS = {master_cs}\nCSSERV_LISTEN_HOST = 127.0.0.1\n\
                  CSSERV_LISTEN_PORT = {}\nCLUSTER_SECRET_FILE = {}\n",
                 cdir.display(),
@@ -265,11 +276,7 @@ impl Cluster {
                 addr.port(),
                 secret_file.display(),
             );
-            for line in &layout.chunkserver_extra {
-                text.push_str(line);
-                text.push('\n');
-            }
-            fs::write(&config, text)?;
+            write_config(&config, text, &layout.chunkserver_extra)?;
             c.file.chunkservers.push(ChunkserverEntry {
                 id,
                 pid: 0,
@@ -294,9 +301,7 @@ impl Cluster {
 
     /// A cluster started earlier, from its `cluster.json`.
     pub fn load(dir: &Path) -> Result<Cluster> {
-        let path = dir.join("cluster.json");
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let file: ClusterFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let file = ClusterFile::read(dir)?;
         Ok(Cluster { dir: dir.to_path_buf(), bin_dir: bin_dir()?, file, children: BTreeMap::new(), owned: false })
     }
 
@@ -314,6 +319,60 @@ impl Cluster {
 
     fn master(&self, id: u64) -> Result<&MasterEntry> {
         self.file.masters.iter().find(|m| m.id == id).ok_or_else(|| anyhow!("no master {id}"))
+    }
+
+    /// Writes `master.cfg` for master `id` and records it (not started). `peers` is the
+    /// initial voters' list; a master without it waits until the leader adds it.
+    fn configure_master(&mut self, id: u64, a: &MasterAddrs, peers: Option<&str>) -> Result<()> {
+        let mdir = self.dir.join(format!("master{id}"));
+        fs::create_dir_all(&mdir)?;
+        let config = mdir.join("master.cfg");
+        let mut text = format!(
+            "ID = {id}\nDATA_PATH = {}\nADVERTISE_HOST = 127.0.0.1\nRAFT_LISTEN_HOST = 127.0.0.1\nRAFT_LISTEN_PORT = {}\n\
+             MATOCL_LISTEN_HOST = 127.0.0.1\nMATOCL_LISTEN_PORT = {}\nMATOCS_LISTEN_HOST = 127.0.0.1\nMATOCS_LISTEN_PORT = {}\n\
+             ADMIN_LISTEN_HOST = 127.0.0.1\nADMIN_LISTEN_PORT = {}\nCLUSTER_SECRET_FILE = {}\n\
+             EXPORTS_FILENAME = {}\nDEFAULT_GOAL = {}\n",
+            mdir.join("data").display(),
+            a.raft.port(),
+            a.client.port(),
+            a.cs.port(),
+            a.admin.port(),
+            self.file.secret_file.display(),
+            self.file.exports_file.display(),
+            self.file.goal,
+        );
+        if let Some(peers) = peers {
+            text.push_str(&format!("PEERS = {peers}\n"));
+        }
+        write_config(&config, text, &self.file.master_extra)?;
+        self.file.masters.push(MasterEntry {
+            id,
+            pid: 0,
+            raft_addr: a.raft.to_string(),
+            client_addr: a.client.to_string(),
+            cs_addr: a.cs.to_string(),
+            admin_addr: a.admin.to_string(),
+            data_dir: mdir.join("data"),
+            config,
+            log: mdir.join("master.log"),
+        });
+        Ok(())
+    }
+
+    /// Starts a new, empty master (the next free id) that is not in the Raft group: it serves
+    /// its admin API and waits until the leader adds it (`alces admin add`). Returns its entry,
+    /// whose addresses are what the add needs.
+    pub fn add_master(&mut self) -> Result<MasterEntry> {
+        let id = self.file.masters.iter().map(|m| m.id).max().unwrap_or(0) + 1;
+        self.configure_master(id, &MasterAddrs::free()?, None)?;
+        self.start_master(id)?;
+        self.save()?;
+        let m = self.master(id)?.clone();
+        wait_until(&format!("the admin API of the new master {id}"), Duration::from_secs(30), || {
+            fetch_cluster(&m.admin_addr).ok()
+        })
+        .with_context(|| format!("see {}", m.log.display()))?;
+        Ok(m)
     }
 
     pub fn start_master(&mut self, id: u64) -> Result<()> {
@@ -388,11 +447,15 @@ impl Cluster {
         self.file.masters.iter().filter(|m| alive(m.pid)).find_map(|m| fetch_cluster(&m.admin_addr).ok())
     }
 
-    /// The leader, once every running master agrees on it.
+    /// The leader, once every running master in the group agrees on it (a master waiting to
+    /// be added does not count).
     pub fn leader(&self) -> Option<u64> {
         let mut leader = None;
         for m in self.file.masters.iter().filter(|m| alive(m.pid)) {
             let v = fetch_cluster(&m.admin_addr).ok()?;
+            if !v.members.iter().any(|x| x.id == m.id) {
+                continue;
+            }
             let l = v.leader?;
             if leader.is_some_and(|x| x != l) {
                 return None;

@@ -3,5 +3,6 @@
 //! namespace: masters plug in through [`api::AdminBackend`].
 #![deny(unsafe_code)]
 
+pub mod admin_client;
 pub mod api;
 pub mod launcher;

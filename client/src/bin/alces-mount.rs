@@ -4,7 +4,9 @@
 //! alces-mount MNT -H host:port[,host:port...] [-S subdir] [-m] [-o opt,...] [-p] [-f]
 //! alces-mount host:port[,...] MNT [-o opt,...]         (the form `mount -t fuse.alces` uses)
 //! ```
-//! Options: `-o password=PASS`, `-o subfolder=DIR` (as -S), `-o meta`, `-o ro`, and the
+//! Options: `-o password=PASS`, `-o subfolder=DIR` (as -S), `-o meta`, `-o ro`,
+//! `-o mfswritecachesize=MiB` (buffered writes of all files, default 256),
+//! `-o mfsreadaheadsize=MiB` (read-ahead of all open files, default 256), and the
 //! standard mount options (`rw`, `nodev`, `nosuid`, `defaults`, `_netdev` ...) which are
 //! accepted. Without `-f` the mount runs in the background once it is mounted.
 
@@ -52,6 +54,15 @@ struct Parsed {
     meta: bool,
     password: Option<String>,
     read_only: bool,
+    fs: FsOptions,
+}
+
+/// A size in MiB given as a mount option.
+fn mib(opt: &str, v: &str) -> Result<usize> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 && n <= 1 << 20 => Ok(n << 20),
+        _ => bail!("mount option {opt}: {v:?} is not a size in MiB (1 to 1048576)"),
+    }
 }
 
 fn parse(a: &Args) -> Result<Parsed> {
@@ -67,11 +78,14 @@ fn parse(a: &Args) -> Result<Parsed> {
         meta: a.meta,
         password: std::env::var("ALCES_PASSWORD").ok(),
         read_only: false,
+        fs: FsOptions::default(),
     };
     for opt in a.options.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
         match opt.split_once('=') {
             Some(("password", v)) => p.password = Some(v.to_string()),
             Some(("subfolder" | "mfssubfolder", v)) => p.subfolder = v.to_string(),
+            Some(("mfswritecachesize", v)) => p.fs.write_budget = mib("mfswritecachesize", v)?,
+            Some(("mfsreadaheadsize", v)) => p.fs.read_budget = mib("mfsreadaheadsize", v)?,
             None if opt == "meta" || opt == "mfsmeta" => p.meta = true,
             None if opt == "ro" => p.read_only = true,
             None if [
@@ -132,7 +146,7 @@ fn main() -> Result<()> {
         })
         .to_string()
             + "\n";
-        let fs_opts = FsOptions { masterinfo: info, ..Default::default() };
+        let fs_opts = FsOptions { masterinfo: info, ..p.fs.clone() };
         fuser::spawn_mount(AlcesFs::new(rt.handle().clone(), master.clone(), fs_opts), &p.mountpoint, &config)
     }
     .with_context(|| format!("mounting at {}", p.mountpoint.display()))?;
@@ -196,4 +210,26 @@ fn background(p: &Parsed) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("not mounted after 60 s; see {}", log.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(argv: &[&str]) -> Result<Parsed> {
+        parse(&Args::try_parse_from(std::iter::once("alces-mount").chain(argv.iter().copied()))?)
+    }
+
+    #[test]
+    fn mount_options_set_the_budgets_and_bad_ones_are_named() {
+        let p = parsed(&["/mnt", "-H", "a:1,b:2", "-o", "mfswritecachesize=64,mfsreadaheadsize=32,ro"]).unwrap();
+        assert_eq!(p.masters, ["a:1", "b:2"]);
+        assert_eq!((p.fs.write_budget, p.fs.read_budget, p.read_only), (64 << 20, 32 << 20, true));
+        let p = parsed(&["a:1", "/mnt", "-o", "password=x,_netdev"]).unwrap();
+        assert_eq!((p.mountpoint, p.password.as_deref()), (PathBuf::from("/mnt"), Some("x")));
+        let e = parsed(&["/mnt", "-H", "a:1", "-o", "mfswritecachesize=lots"]).err().unwrap().to_string();
+        assert!(e.contains("mfswritecachesize") && e.contains("lots"), "{e}");
+        let e = parsed(&["/mnt", "-H", "a:1", "-o", "bogus"]).err().unwrap().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
 }

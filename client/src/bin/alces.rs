@@ -7,17 +7,21 @@
 //! alces getgoal [-r] PATH...        alces setgoal [-r] GOAL PATH...
 //! alces gettrashtime [-r] PATH...   alces settrashtime [-r] SECONDS PATH...
 //! alces makesnapshot SRC DST        alces filerepair PATH...   alces appendchunks DST SRC...
+//! alces admin status|add|remove|transfer-leader|snapshot   the metadata cluster (admin API)
 //! ```
-//! Every command takes `--json`. The tools find the cluster through the `.masterinfo` file at
-//! the root of the mount (as MooseFS's tools do) and open a session of their own that works
-//! with the mount's rules.
+//! Every command takes `--json`. The file tools find the cluster through the `.masterinfo`
+//! file at the root of the mount (as MooseFS's tools do) and open a session of their own that
+//! works with the mount's rules; `alces admin` talks to the masters' admin API
+//! (`alces_client::admin`).
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use alces_client::admin::AdminArgs;
 use alces_client::fs::MASTERINFO_NAME;
+use alces_client::human;
 use alces_client::master_link::{MasterClient, Options};
 use alces_proto::link::client_master::{ChunkReport, ClientReply, ClientRequest, DirSummary, SettingCounts};
 use alces_proto::types::{Creds, Goal, Inode, Name, SessionId, TrashTime};
@@ -26,7 +30,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
-#[command(name = "alces", about = "Alces tools for files and directories inside a mount", version)]
+#[command(name = "alces", about = "Alces tools for files and directories inside a mount, and for the cluster", version)]
 struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -81,6 +85,8 @@ enum Cmd {
     Filerepair { paths: Vec<PathBuf> },
     /// Append the chunks of SRC files to DST (shared, like a snapshot).
     Appendchunks { dst: PathBuf, srcs: Vec<PathBuf> },
+    /// The metadata cluster: status, add/remove a master, move leadership, snapshot.
+    Admin(AdminArgs),
 }
 
 /// What `.masterinfo` says.
@@ -139,21 +145,6 @@ impl Tool {
 
     async fn call(&self, req: ClientRequest) -> Result<ClientReply> {
         self.client.call(&self.creds, req).await.map_err(|e| anyhow!("{e}"))
-    }
-}
-
-fn human(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -274,6 +265,7 @@ async fn run(cli: &Cli) -> Result<bool> {
         | Cmd::Filerepair { paths } => paths.first().cloned(),
         Cmd::Makesnapshot { src, .. } => Some(src.clone()),
         Cmd::Appendchunks { dst, .. } => Some(dst.clone()),
+        Cmd::Admin(_) => bail!("alces admin runs without a mount"),
     };
     let Some(first) = first else { bail!("no path given") };
     let tool = Tool::connect(&first).await?;
@@ -434,6 +426,7 @@ async fn run(cli: &Cli) -> Result<bool> {
                 }
             }
         }
+        Cmd::Admin(_) => {}
     }
     tool.client.close().await;
     if cli.json {
@@ -444,6 +437,15 @@ async fn run(cli: &Cli) -> Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Admin(args) = &cli.cmd {
+        return match alces_client::admin::run(args, cli.json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("alces admin: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

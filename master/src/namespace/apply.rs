@@ -46,7 +46,7 @@ pub fn apply_op(t: &mut Txn<'_, '_>, op: MetaOp) -> Res<MetaReply> {
         OpBody::Undelete { inode } => undelete(t, now, inode),
         OpBody::Purge { inode } => {
             match t.inode(inode)? {
-                Some(r) if r.state == InodeState::Trash => free_inode(t, inode)?,
+                Some(r) if r.state == InodeState::Trash => leave_trash(t, inode, r)?,
                 _ => return Err(Status::NotFound.into()),
             }
             Ok(MetaReply::Freed(1))
@@ -858,9 +858,25 @@ fn expire_trash(t: &mut Txn<'_, '_>, now: Timestamp, limit: u32) -> Res<MetaRepl
         due.push(Inode(pair_second(&k).ok_or(Status::Io)?));
     }
     for &ino in &due {
-        free_inode(t, ino)?;
+        let rec = t.inode(ino)?.ok_or(Status::Io)?;
+        leave_trash(t, ino, rec)?;
     }
     Ok(MetaReply::Freed(due.len() as u64))
+}
+
+/// A trash entry expires or is purged: freed, or, while a session still has the file open,
+/// kept as a reserved file until the last handle is released (as in MooseFS).
+fn leave_trash(t: &mut Txn<'_, '_>, ino: Inode, mut rec: InodeRec) -> Res<()> {
+    if !is_open(t, ino)? {
+        return free_inode(t, ino);
+    }
+    let tr = t.get::<TrashRec>(CF_TRASH, &trash(ino))?.ok_or(Status::Io)?;
+    t.delete(CF_TRASH, &trash(ino));
+    t.delete(CF_TRASH, &trash_expiry(tr.expires, ino));
+    rec.state = InodeState::Reserved;
+    t.put_inode(ino, &rec);
+    t.put(CF_TRASH, &reserved(ino), &TrashRec { expires: 0, ..tr });
+    Ok(())
 }
 
 fn close_session(t: &mut Txn<'_, '_>, s: SessionId) -> Res<MetaReply> {

@@ -546,6 +546,29 @@ fn files_deleted_while_open_are_reserved_until_released() {
     fs.ok(OpBody::CloseSession { session: s });
     assert!(fs.view().inode(g).unwrap().is_none());
     assert_eq!(fs.err(OpBody::Open { session: s, inode: ROOT }), Status::Stale);
+    // In the trash and open: expiry and purge keep it, reserved, until the handle goes.
+    fs.ok(OpBody::SetTrashTime { inode: ROOT, trash_time: TrashTime(60), recursive: false, creds: root() });
+    let MetaReply::Session(s) = fs.ok(OpBody::OpenSession { info: super::tests_support::session_info() }) else {
+        panic!()
+    };
+    for purge in [false, true] {
+        let k = fs.file(ROOT, "k");
+        fs.ok(OpBody::Open { session: s, inode: k });
+        fs.ok(remove_op(ROOT, "k", false));
+        if purge {
+            fs.ok(OpBody::Purge { inode: k });
+        } else {
+            fs.now += 61;
+            assert_eq!(fs.ok(OpBody::ExpireTrash { limit: 100 }), MetaReply::Freed(1));
+        }
+        assert_eq!(fs.view().inode(k).unwrap().unwrap().state, InodeState::Reserved, "purge: {purge}");
+        assert!(fs.view().trash(b't', None, 10).unwrap().is_empty(), "purge: {purge}");
+        assert_eq!(fs.view().trash(b'r', None, 10).unwrap().len(), 1, "purge: {purge}");
+        fs.ok(OpBody::WriteEnd { inode: k, size: 10 });
+        fs.ok(OpBody::Release { session: s, inode: k });
+        assert!(fs.view().inode(k).unwrap().is_none(), "purge: {purge}");
+    }
+    fs.ok(OpBody::SetTrashTime { inode: ROOT, trash_time: TrashTime(0), recursive: false, creds: root() });
     // Without trash and not open: freed at once.
     let h = fs.file(ROOT, "h");
     fs.ok(remove_op(ROOT, "h", false));
