@@ -1,12 +1,16 @@
 //! The link to every master: registration with the cluster secret, the full chunk list then
 //! every change, heartbeats, and the leader's orders.
 //!
-//! One task per configured master keeps its connection up (reconnecting with backoff). Orders
+//! One task per master keeps its connection up (reconnecting with backoff): the configured
+//! ones, and those the masters name as members of the group (a master added later). A
+//! learned master the leader no longer names is let go. Orders
 //! are obeyed only from a master that says it leads, with a term at least as high as any
 //! term seen from any master, so a deposed leader cannot give orders after a new one did.
 
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alces_proto::link::client_cs::DataError;
@@ -42,15 +46,89 @@ impl Terms {
     }
 }
 
+/// The links to every master.
+pub struct Links {
+    store: Arc<Store>,
+    cfg: LinkConfig,
+    terms: Terms,
+    stop: CancellationToken,
+    configured: Vec<String>,
+    /// Running links by address, each with its own stop token.
+    running: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Links {
+    /// Starts a link to every configured master.
+    pub fn start(store: Arc<Store>, cfg: LinkConfig, masters: Vec<String>, stop: CancellationToken) -> Arc<Links> {
+        let links = Arc::new(Links {
+            store,
+            cfg,
+            terms: Terms::default(),
+            stop,
+            configured: masters.clone(),
+            running: Mutex::default(),
+        });
+        for m in masters {
+            links.spawn(m);
+        }
+        links
+    }
+
+    fn spawn(self: &Arc<Self>, addr: String) {
+        let token = self.stop.child_token();
+        self.running.lock().expect("links lock").insert(addr.clone(), token.clone());
+        tokio::spawn(run(self.clone(), addr, token));
+    }
+
+    /// The members a master named: link to new ones; when the leader named them, let go of
+    /// learned ones it no longer names.
+    async fn learn(self: &Arc<Self>, members: &[String], from_leader: bool) {
+        let known: Vec<String> = self.running.lock().expect("links lock").keys().cloned().collect();
+        let mut known_socks: HashSet<SocketAddr> = HashSet::new();
+        for k in &known {
+            known_socks.extend(resolve(k).await);
+        }
+        for m in members {
+            if known.contains(m) {
+                continue;
+            }
+            let socks = resolve(m).await;
+            // The same master under another name (a host name in the config, an address in
+            // the membership) gets no second link.
+            if socks.is_empty() || socks.iter().any(|s| known_socks.contains(s)) {
+                continue;
+            }
+            tracing::info!(master = %m, "linking to a master named by the group");
+            known_socks.extend(socks);
+            self.spawn(m.clone());
+        }
+        if from_leader {
+            let mut running = self.running.lock().expect("links lock");
+            let gone: Vec<String> =
+                running.keys().filter(|a| !members.contains(a) && !self.configured.contains(a)).cloned().collect();
+            for a in gone {
+                tracing::info!(master = %a, "no longer a member; link closed");
+                if let Some(t) = running.remove(&a) {
+                    t.cancel();
+                }
+            }
+        }
+    }
+}
+
+async fn resolve(addr: &str) -> Vec<SocketAddr> {
+    tokio::net::lookup_host(addr).await.map(|a| a.collect()).unwrap_or_default()
+}
+
 /// Keeps a connection to the master at `addr` until `stop`.
-pub async fn run(store: Arc<Store>, cfg: LinkConfig, addr: String, terms: Arc<Terms>, stop: CancellationToken) {
+async fn run(links: Arc<Links>, addr: String, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     loop {
         // Subscribe before listing, so no change between the list and the stream is missed.
-        let events = store.subscribe();
+        let events = links.store.subscribe();
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = session(&store, &cfg, &addr, &terms, events) => r,
+            r = session(&links, &addr, events) => r,
         };
         match result {
             Ok(()) => backoff = Duration::from_millis(200),
@@ -64,13 +142,8 @@ pub async fn run(store: Arc<Store>, cfg: LinkConfig, addr: String, terms: Arc<Te
     }
 }
 
-async fn session(
-    store: &Arc<Store>,
-    cfg: &LinkConfig,
-    addr: &str,
-    terms: &Arc<Terms>,
-    mut events: broadcast::Receiver<StoreEvent>,
-) -> anyhow::Result<()> {
+async fn session(links: &Arc<Links>, addr: &str, mut events: broadcast::Receiver<StoreEvent>) -> anyhow::Result<()> {
+    let (store, cfg, terms) = (&links.store, &links.cfg, &links.terms);
     let mut conn = Connection::connect(addr, alces_proto::DEFAULT_MAX_FRAME, Duration::from_secs(3)).await?;
     Handshake::new(LinkKind::ChunkserverMaster, format!("chunkserver {}", cfg.id), Some(cfg.secret.clone()))
         .dial(&mut conn)
@@ -106,6 +179,7 @@ async fn session(
                         my_term = term;
                         terms.see(term);
                     }
+                    MasterToCs::Masters { cs_addrs } => links.learn(&cs_addrs, leader).await,
                     MasterToCs::Order { order, term, op } => {
                         let highest = terms.see(term);
                         if !leader || term < highest || term < my_term {

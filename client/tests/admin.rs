@@ -183,7 +183,7 @@ fn status_token_checks_leader_transfer_and_snapshots() -> Result<()> {
 #[test]
 fn a_fourth_master_is_added_as_a_voter_and_removed() -> Result<()> {
     let tmp = temp_dir("alces-admin-add-");
-    let mut c = start(tmp.path(), 0)?;
+    let mut c = start(tmp.path(), 1)?;
     let dir = dir_arg(&c);
     let leader = c.wait_leader(Duration::from_secs(30))?;
     // Some history for the new master to catch up with, part of it behind a snapshot.
@@ -225,6 +225,12 @@ fn a_fourth_master_is_added_as_a_voter_and_removed() -> Result<()> {
     wait_for("the new master to know the leader", Duration::from_secs(20), || all_agree_on(&c, &[1, 2, 3, 4], leader))?;
     let text = admin_ok(&c, &["--cluster", &dir, "status"])?;
     ensure!(text.contains("4 voters, 0 learners"), "{text}");
+    // The chunkserver, configured with masters 1-3 only, learns of master 4 and registers.
+    wait_for("the chunkserver to register with master 4", Duration::from_secs(20), || {
+        // Master 4's own view (`status` would follow to the leader's).
+        let view = alces_ops::launcher::fetch_cluster(&m4.admin_addr).ok();
+        Ok(view.is_some_and(|v| v.chunkservers.iter().any(|s| s.alive)).then_some(()))
+    })?;
     // Adding it again changes nothing.
     let again = admin_ok(&c, &["--cluster", &dir, "--token", TOKEN, "add", "4"])?;
     ensure!(again.contains("already a voter"), "{again}");

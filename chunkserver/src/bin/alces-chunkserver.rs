@@ -11,7 +11,7 @@ use std::time::Duration;
 use alces_chunkserver::config::{chunkserver_id, CsConfig, DEFAULT_FILE, KEYS};
 use alces_chunkserver::data_service::{self, DataConfig};
 use alces_chunkserver::folders::{parse_hdd_cfg, Folders};
-use alces_chunkserver::master_link::{self, LinkConfig, Terms};
+use alces_chunkserver::master_link::{self, LinkConfig};
 use alces_chunkserver::scrub::{self, ScrubStats};
 use alces_chunkserver::store::Store;
 use alces_config::Settings;
@@ -56,10 +56,7 @@ async fn run(cfg: CsConfig) -> Result<()> {
     tokio::spawn(data_service::serve(store.clone(), data_cfg, listener, stop.clone()));
     let link_cfg =
         LinkConfig { id, data_addr: cfg.data_addr.clone(), label: cfg.label.clone(), secret: cfg.secret.clone() };
-    let terms = Arc::new(Terms::default());
-    for m in &cfg.masters {
-        tokio::spawn(master_link::run(store.clone(), link_cfg.clone(), m.clone(), terms.clone(), stop.clone()));
-    }
+    let _links = master_link::Links::start(store.clone(), link_cfg, cfg.masters.clone(), stop.clone());
     tokio::spawn(scrub::run(store.clone(), cfg.scrub_rate, Arc::new(ScrubStats::default()), stop.clone()));
     let idle = store.clone();
     tokio::spawn(async move {

@@ -55,6 +55,7 @@ async fn connection(m: Arc<Master>, stream: tokio::net::TcpStream, peer: SocketA
         leader: m.is_leader(),
         term: m.term(),
     });
+    let _ = tx.send(MasterToCs::Masters { cs_addrs: member_cs_addrs(&m) });
     let (mut reader, writer) = conn.split();
     let write_task = tokio::spawn(writer.pump(rx));
     loop {
@@ -87,10 +88,26 @@ async fn connection(m: Arc<Master>, stream: tokio::net::TcpStream, peer: SocketA
     tracing::info!(chunkserver = %id, "chunkserver disconnected");
 }
 
-/// Tells every connected chunkserver when this master gains or loses leadership.
+/// The chunkserver addresses of every member of the Raft group.
+fn member_cs_addrs(m: &Master) -> Vec<String> {
+    let metrics = m.node.raft().metrics().borrow().clone();
+    let mut addrs: Vec<String> = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(_, member)| member.cs_addr.clone())
+        .filter(|a| !a.is_empty())
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+/// Tells every connected chunkserver when this master gains or loses leadership, and when
+/// the group's members change.
 pub async fn announce_leadership(m: Arc<Master>) {
     let mut rx = m.node.raft().metrics();
     let mut last = (false, 0u64);
+    let mut last_members = member_cs_addrs(&m);
     loop {
         let now = {
             let metrics = rx.borrow();
@@ -99,6 +116,11 @@ pub async fn announce_leadership(m: Arc<Master>) {
         if now != last {
             last = now;
             m.topology.broadcast(MasterToCs::Leadership { leader: now.0, term: now.1 });
+        }
+        let members = member_cs_addrs(&m);
+        if members != last_members {
+            last_members = members.clone();
+            m.topology.broadcast(MasterToCs::Masters { cs_addrs: members });
         }
         tokio::select! {
             _ = m.stop.cancelled() => return,

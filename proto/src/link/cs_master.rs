@@ -103,6 +103,11 @@ pub enum MasterToCs {
         term: u64,
         op: ChunkOrder,
     },
+    /// Where every master of the Raft group (voters and learners) takes chunkservers, so a
+    /// chunkserver also links to masters added after it started.
+    Masters {
+        cs_addrs: Vec<String>,
+    },
 }
 
 /// What the leader tells a chunkserver to do with its replicas.
