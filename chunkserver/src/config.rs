@@ -125,6 +125,20 @@ pub fn chunkserver_id(cfg: &CsConfig) -> std::io::Result<ChunkserverId> {
 mod tests {
     use super::*;
 
+    /// `ops/examples/chunkserver.cfg` and `hdd.cfg` are what they say.
+    #[test]
+    fn the_example_configs_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples");
+        let mut s = Settings::defaults(KEYS);
+        s.apply_file(&dir.join("chunkserver.cfg")).unwrap();
+        s.apply_text(std::path::Path::new("test"), "CLUSTER_SECRET = x").unwrap();
+        let c = CsConfig::from_settings(&s).unwrap();
+        assert_eq!(c.masters.len(), 3);
+        let hdd = dir.join("hdd.cfg");
+        let folders = crate::folders::parse_hdd_cfg(&hdd, &std::fs::read_to_string(&hdd).unwrap()).unwrap();
+        assert_eq!(folders.iter().filter(|f| f.leaving).count(), 1);
+    }
+
     #[test]
     fn config_and_errors() {
         let mut s = Settings::defaults(KEYS);

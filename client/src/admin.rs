@@ -673,6 +673,7 @@ mod tests {
             sessions: vec![],
             exports: vec![],
             replication: None,
+            operations: vec![],
         }
     }
 

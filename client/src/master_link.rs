@@ -99,6 +99,9 @@ struct State {
     leader_hint: Option<String>,
     session: Option<SessionView>,
     generation: u64,
+    /// The masters to try: the group's members as the leader last named them, then the
+    /// addresses given at start that it did not name (so a mount follows membership changes).
+    peers: Vec<String>,
     next_peer: usize,
 }
 
@@ -129,6 +132,7 @@ impl MasterClient {
         if opts.masters.is_empty() {
             return Err(CallError::Unavailable("no master address given".into()));
         }
+        let peers = opts.masters.clone();
         let c = MasterClient {
             opts: Arc::new(opts),
             state: Arc::new(Mutex::new(State {
@@ -136,6 +140,7 @@ impl MasterClient {
                 leader_hint: None,
                 session: None,
                 generation: 0,
+                peers,
                 next_peer: 0,
             })),
             next_id: Arc::new(AtomicU64::new(1)),
@@ -277,7 +282,7 @@ impl MasterClient {
         let addr = match st.leader_hint.take() {
             Some(a) => a,
             None => {
-                let a = self.opts.masters[st.next_peer % self.opts.masters.len()].clone();
+                let a = st.peers[st.next_peer % st.peers.len()].clone();
                 st.next_peer += 1;
                 a
             }
@@ -291,6 +296,9 @@ impl MasterClient {
                     tracing::warn!(old = %st.session.as_ref().unwrap().session, new = %view.session, "session replaced");
                 }
                 tracing::info!(master = %addr, session = %view.session, "registered with the leader");
+                if let Some(members) = self.members(&link).await {
+                    st.peers = merge_peers(members, &self.opts.masters);
+                }
                 st.session = Some(view);
                 st.link = Some(link.clone());
                 Ok(link)
@@ -387,15 +395,52 @@ impl MasterClient {
         }
     }
 
+    /// The client addresses of the group's members, as the master at the end of `link` knows
+    /// them (None if it cannot tell).
+    async fn members(&self, link: &Link) -> Option<Vec<String>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = Request { id, low_water: id, creds: Creds::root(), body: ClientRequest::MasterInfo };
+        match self.send(link, req).await {
+            Ok(Ok(ClientReply::Masters { masters, .. })) => {
+                let addrs: Vec<String> = masters.into_iter().map(|m| m.client_addr).filter(|a| !a.is_empty()).collect();
+                (!addrs.is_empty()).then_some(addrs)
+            }
+            _ => None,
+        }
+    }
+
     /// Ends the session (files it holds open are released).
     pub async fn close(&self) {
         let _ = self.call(&Creds::root(), ClientRequest::CloseSession).await;
     }
 }
 
+/// `members` followed by the `given` addresses it lacks, without duplicates.
+fn merge_peers(members: Vec<String>, given: &[String]) -> Vec<String> {
+    let mut peers: Vec<String> = Vec::new();
+    for a in members.into_iter().chain(given.iter().cloned()) {
+        if !peers.contains(&a) {
+            peers.push(a);
+        }
+    }
+    peers
+}
+
 impl Retry {
     fn with(self, why: String) -> Retry {
         tracing::debug!(%why, "master link failed");
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_peers;
+
+    #[test]
+    fn the_members_come_first_then_the_given_addresses_they_lack() {
+        let given = vec!["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
+        let members = vec!["d:1".to_string(), "b:1".to_string(), "d:1".to_string()];
+        assert_eq!(merge_peers(members, &given), ["d:1", "b:1", "a:1", "c:1"]);
     }
 }

@@ -10,12 +10,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alces_ops::launcher::{Cluster, Layout};
-use alces_testkit::pseudo_random_bytes;
+use alces_testkit::{pseudo_random_bytes, FileWorkload};
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
 
@@ -298,59 +296,19 @@ fn a_workload_keeps_running_while_the_leader_is_killed() -> Result<()> {
     let mnt = dir.path().join("mnt");
     // The default delay: repairs must not touch chunks written under the old leader's leases.
     let mut cluster = start(dir.path(), Some(mnt.clone()), None, 30)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..2u64)
-        .map(|w| {
-            let (mnt, stop, done) = (mnt.clone(), stop.clone(), done.clone());
-            std::thread::spawn(move || -> Result<usize> {
-                let d = mnt.join(format!("w{w}"));
-                fs::create_dir(&d)?;
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let data = pseudo_random_bytes(w * 1_000_000 + i, 1_500_000 + (i as usize % 7) * 100_000);
-                    let p = d.join(format!("f{i}"));
-                    let mut f = fs::File::create(&p).with_context(|| format!("create {}", p.display()))?;
-                    f.write_all(&data).with_context(|| format!("write {}", p.display()))?;
-                    f.sync_all().with_context(|| format!("fsync {}", p.display()))?;
-                    drop(f);
-                    let back = fs::read(&p).with_context(|| format!("read {}", p.display()))?;
-                    ensure!(checksum(&back) == checksum(&data), "{} reads back differently", p.display());
-                    fs::rename(&p, d.join(format!("done{i}"))).with_context(|| format!("rename {}", p.display()))?;
-                    i += 1;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(i as usize)
-            })
-        })
-        .collect();
+    let mut work = FileWorkload::start(&[mnt.join("w0"), mnt.join("w1")])?;
     for kill in 0..2 {
-        let before = done.load(Ordering::Relaxed);
-        wait_for("progress", Duration::from_secs(60), || Ok(done.load(Ordering::Relaxed) >= before + 3))?;
+        work.progress(3, Duration::from_secs(60))?;
         let leader = cluster.wait_leader(Duration::from_secs(30))?;
         eprintln!("kill {kill}: SIGKILL to master {leader}");
         cluster.kill_master(leader, Signal::SIGKILL)?;
-        let (after_kill, killed_at) = (done.load(Ordering::Relaxed), Instant::now());
-        wait_for("a file done after the kill", Duration::from_secs(60), || {
-            Ok(done.load(Ordering::Relaxed) > after_kill)
-        })?;
+        let killed_at = Instant::now();
+        work.progress(1, Duration::from_secs(60)).context("a file done after the kill")?;
         eprintln!("kill {kill}: next file done {:?} after the kill", killed_at.elapsed());
-        wait_for("progress after the kill", Duration::from_secs(60), || {
-            Ok(done.load(Ordering::Relaxed) >= after_kill + 3)
-        })?;
+        work.progress(3, Duration::from_secs(60)).context("progress after the kill")?;
         cluster.start_master(leader)?;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut files = 0;
-    for (w, t) in workers.into_iter().enumerate() {
-        let n = t.join().map_err(|_| anyhow::anyhow!("worker panicked"))?.with_context(|| format!("worker {w}"))?;
-        files += n;
-        for i in 0..n as u64 {
-            let data = fs::read(mnt.join(format!("w{w}/done{i}")))?;
-            let want = pseudo_random_bytes(w as u64 * 1_000_000 + i, 1_500_000 + (i as usize % 7) * 100_000);
-            ensure!(checksum(&data) == checksum(&want), "w{w}/done{i} differs after the failovers");
-        }
-    }
+    let files = work.stop_and_verify()?;
     eprintln!("{files} files written and verified across 2 leader kills");
     Ok(())
 }

@@ -7,11 +7,15 @@ use std::time::{Duration, Instant};
 
 use alces_ops::api::{
     AddMember, AdminBackend, AdminError, ChunkserverView, ClusterView, CopiesCount, DiskView, MemberView,
-    ReplicationView, SessionSummary,
+    OperationCount, ReplicationView, SessionSummary,
 };
 use alces_proto::types::ChunkId;
 use alces_raft_store::{Member, Role};
-use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::core::Collector;
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::master::Master;
 use crate::namespace::keys::{COUNT_CHUNKS, COUNT_INODES};
@@ -48,6 +52,8 @@ pub struct Metrics {
     leases: IntGauge,
     replication_chunks: IntGaugeVec,
     replication_orders: IntGaugeVec,
+    requests: IntCounterVec,
+    latency: HistogramVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -103,8 +109,53 @@ impl Default for Metrics {
                 "Replication orders since start, by outcome",
                 &["outcome"],
             ),
+            requests: {
+                let opts = Opts::new("alces_master_requests_total", "Client requests served, by operation and outcome");
+                let c = IntCounterVec::new(opts, &["op", "outcome"]).expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            latency: {
+                // 50 µs to about 26 s.
+                let buckets = exponential_buckets(50e-6, 2.0, 20).expect("valid buckets");
+                let opts = HistogramOpts::new("alces_master_request_seconds", "Client request latency, by operation")
+                    .buckets(buckets);
+                let h = HistogramVec::new(opts, &["op"]).expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
             registry: r,
         }
+    }
+}
+
+impl Metrics {
+    /// Counts one client request of kind `op` that took `took`.
+    pub fn request(&self, op: &str, ok: bool, took: Duration) {
+        self.requests.with_label_values(&[op, if ok { "ok" } else { "error" }]).inc();
+        self.latency.with_label_values(&[op]).observe(took.as_secs_f64());
+    }
+
+    /// Requests served so far, by operation, busiest first.
+    fn operations(&self) -> Vec<OperationCount> {
+        let mut by_op: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for family in self.requests.collect() {
+            for metric in family.get_metric() {
+                let label =
+                    |name: &str| metric.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_string());
+                let (Some(op), Some(outcome)) = (label("op"), label("outcome")) else { continue };
+                let n = metric.get_counter().get_value() as u64;
+                let e = by_op.entry(op).or_default();
+                e.0 += n;
+                if outcome == "error" {
+                    e.1 += n;
+                }
+            }
+        }
+        let mut out: Vec<OperationCount> =
+            by_op.into_iter().map(|(op, (count, errors))| OperationCount { op, count, errors }).collect();
+        out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.op.cmp(&b.op)));
+        out
     }
 }
 
@@ -233,6 +284,7 @@ impl Master {
             sessions,
             exports: self.exports().rules.iter().map(|r| r.text.clone()).collect(),
             replication: self.replication_view(),
+            operations: self.metrics.operations(),
         }
     }
 

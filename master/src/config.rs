@@ -201,6 +201,20 @@ mod tests {
         s
     }
 
+    /// `ops/examples/master.cfg` and `exports.cfg` are what they say (the secret file they
+    /// name does not exist here, so the secret is given inline).
+    #[test]
+    fn the_example_configs_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples");
+        let mut s = Settings::defaults(KEYS);
+        s.apply_file(&dir.join("master.cfg")).unwrap();
+        s.apply_text(std::path::Path::new("test"), "CLUSTER_SECRET = x").unwrap();
+        let c = MasterConfig::from_settings(&s).unwrap();
+        assert_eq!((c.id, c.peers.as_ref().map(|p| p.len())), (1, Some(3)));
+        assert_eq!(c.member.cs_addr, "10.0.0.1:9420");
+        crate::exports::Exports::load(&dir.join("exports.cfg")).unwrap();
+    }
+
     #[test]
     fn a_minimal_config() {
         let c = MasterConfig::from_settings(&settings("ID = 2\nCLUSTER_SECRET = x\nADVERTISE_HOST = m2\n")).unwrap();

@@ -377,6 +377,7 @@ mod tests {
             sessions: vec![],
             exports: vec![],
             replication: None,
+            operations: vec![],
         };
         serde_json::to_string(&v).unwrap()
     }

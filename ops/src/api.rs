@@ -82,6 +82,18 @@ pub struct ClusterView {
     /// The replication manager's work (the leader only).
     #[serde(default)]
     pub replication: Option<ReplicationView>,
+    /// Client requests the answering master served since it started, by operation.
+    #[serde(default)]
+    pub operations: Vec<OperationCount>,
+}
+
+/// Requests of one kind (`lookup`, `create`, `write_chunk`, ...) a master served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationCount {
+    pub op: String,
+    pub count: u64,
+    /// Requests answered with an error (including `NotLeader` redirects).
+    pub errors: u64,
 }
 
 /// What the leader's last replication pass found, and the orders sent since it started.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::admin_client::AdminClient;
@@ -153,8 +154,31 @@ pub struct Cluster {
     owned: bool,
 }
 
-fn free_addr() -> Result<SocketAddr> {
+/// A loopback address whose port is free now and outside the kernel's range of ephemeral
+/// ports: a port taken from that range (`bind(":0")`) and released can be handed to some
+/// outgoing connection before the process meant to listen on it binds it.
+pub fn free_addr() -> Result<SocketAddr> {
+    let (low, high) = ephemeral_ports();
+    // Below the ephemeral range if there is room, else above it.
+    let (from, to) = if low > 12_000 { (10_000, low) } else { (high.saturating_add(1).max(10_000), 65_535) };
+    let mut rng = rand::thread_rng();
+    for _ in 0..200 {
+        let port = rng.gen_range(from..to);
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(l.local_addr()?);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// `/proc/sys/net/ipv4/ip_local_port_range` (Linux's default if unreadable).
+fn ephemeral_ports() -> (u16, u16) {
+    let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text.split_whitespace().filter_map(|w| w.parse::<u16>().ok());
+    match (it.next(), it.next()) {
+        (Some(l), Some(h)) if l <= h => (l, h),
+        _ => (32_768, 60_999),
+    }
 }
 
 fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
@@ -179,8 +203,17 @@ fn write_config(path: &Path, mut text: String, extra: &[String]) -> Result<()> {
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Whether a process runs: it exists and is not a zombie (a child that exited and was not
+/// reaped yet still answers signal 0).
 fn alive(pid: u32) -> bool {
-    pid != 0 && kill(Pid::from_raw(pid as i32), None).is_ok()
+    if pid == 0 || kill(Pid::from_raw(pid as i32), None).is_err() {
+        return false;
+    }
+    // The state follows the parenthesised command name in /proc/PID/stat.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
 }
 
 fn signal(pid: u32, sig: Signal) {
@@ -222,7 +255,7 @@ impl Cluster {
             );
         }
         let secret_file = dir.join("secret");
-        fs::write(&secret_file, format!("{:032x}\n", rand_u128()))?;
+        fs::write(&secret_file, format!("{:032x}\n", rand::random::<u128>()))?;
         let exports_file = dir.join("exports.cfg");
         fs::write(&exports_file, &layout.exports)?;
         let mut c = Cluster {
@@ -256,7 +289,7 @@ impl Cluster {
         for i in 0..c.file.masters.len() {
             c.start_master(c.file.masters[i].id)?;
         }
-        c.wait_leader(Duration::from_secs(60))?;
+        c.wait_leader(Duration::from_secs(60)).map_err(|e| c.explain(e))?;
         let master_cs = c.file.masters.iter().map(|m| m.cs_addr.clone()).collect::<Vec<_>>().join(",");
         for id in 1..=layout.chunkservers as u64 {
             let cdir = dir.join(format!("cs{id}"));
@@ -290,7 +323,7 @@ impl Cluster {
             c.start_chunkserver(c.file.chunkservers[i].id)?;
         }
         if layout.chunkservers > 0 {
-            c.wait_chunkservers(layout.chunkservers, Duration::from_secs(60))?;
+            c.wait_chunkservers(layout.chunkservers, Duration::from_secs(60)).map_err(|e| c.explain(e))?;
         }
         if let Some(mnt) = &layout.mount {
             c.mount(mnt, false, &[])?;
@@ -317,7 +350,7 @@ impl Cluster {
         self.owned = false;
     }
 
-    fn master(&self, id: u64) -> Result<&MasterEntry> {
+    pub fn master(&self, id: u64) -> Result<&MasterEntry> {
         self.file.masters.iter().find(|m| m.id == id).ok_or_else(|| anyhow!("no master {id}"))
     }
 
@@ -438,6 +471,24 @@ impl Cluster {
         Ok(())
     }
 
+    /// `e` with what every master and chunkserver is doing: running or exited, and the end of
+    /// its log (a daemon that could not start says why there).
+    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        let mut text = String::new();
+        let daemons = self.file.masters.iter().map(|m| (format!("master {}", m.id), m.pid, &m.log));
+        let servers = self.file.chunkservers.iter().map(|c| (format!("chunkserver {}", c.id), c.pid, &c.log));
+        for (name, pid, log) in daemons.chain(servers) {
+            let state = if alive(pid) { "running" } else { "exited" };
+            text.push_str(&format!("\n{name} (pid {pid}) {state}; {}:\n", log.display()));
+            let body = fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = body.lines().collect();
+            for line in &lines[lines.len().saturating_sub(6)..] {
+                text.push_str(&format!("    {line}\n"));
+            }
+        }
+        e.context(format!("the cluster did not come up:{text}"))
+    }
+
     pub fn client_addrs(&self) -> Vec<String> {
         self.file.masters.iter().map(|m| m.client_addr.clone()).collect()
     }
@@ -548,14 +599,6 @@ impl Drop for Cluster {
             let _ = self.down();
         }
     }
-}
-
-fn rand_u128() -> u128 {
-    let mut buf = [0u8; 16];
-    if let Ok(mut f) = File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut buf);
-    }
-    u128::from_le_bytes(buf) ^ Instant::now().elapsed().as_nanos()
 }
 
 /// Whether a FUSE file system is mounted at `path` (from /proc/self/mountinfo).

@@ -1,24 +1,29 @@
 //! Helpers shared by the integration tests and benchmarks of every crate: real processes,
-//! free loopback addresses, polling with deadlines. Nothing here fakes a component.
+//! free loopback addresses, polling with deadlines, a file workload. Nothing here fakes a
+//! component.
 #![deny(unsafe_code)]
 
 use std::fs::File;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub use tempfile::TempDir;
 
-/// A loopback address with a port that was free a moment ago.
+/// A loopback address with a port that was free a moment ago, outside the range the
+/// kernel hands to outgoing connections (see [`alces_ops::launcher::free_addr`]).
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral loopback port");
-    l.local_addr().expect("local address")
+    alces_ops::launcher::free_addr().expect("binding a free loopback port")
 }
 
 /// A temporary folder, removed when dropped (kept if `ALCES_KEEP_TEST_DIRS` is set).
@@ -154,4 +159,100 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
             s as u8
         })
         .collect()
+}
+
+/// Writers that keep creating, writing, fsyncing, reading back and renaming files (one
+/// thread per folder) until stopped; every step must succeed. Used to show that a mount keeps
+/// working, with no error reaching the application, while the cluster changes under it.
+pub struct FileWorkload {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    writers: Vec<(PathBuf, u64, Option<Writer>)>,
+}
+
+/// A writer's thread (taken when it is joined early); it returns how many files it completed.
+type Writer = JoinHandle<Result<u64>>;
+
+/// The content of file `i` of writer `seed`: 1.5 to 2.1 MB, different for every file.
+fn workload_file(seed: u64, i: u64) -> Vec<u8> {
+    pseudo_random_bytes(seed * 1_000_000 + i, 1_500_000 + (i as usize % 7) * 100_000)
+}
+
+impl FileWorkload {
+    /// One writer in each of `dirs` (created here).
+    pub fn start(dirs: &[PathBuf]) -> Result<FileWorkload> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::new();
+        for (seed, dir) in dirs.iter().enumerate() {
+            std::fs::create_dir(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+            let (d, stop, done, seed) = (dir.clone(), stop.clone(), done.clone(), seed as u64);
+            let t = std::thread::spawn(move || -> Result<u64> {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let data = workload_file(seed, i);
+                    let p = d.join(format!("f{i}"));
+                    let mut f = File::create(&p).with_context(|| format!("create {}", p.display()))?;
+                    f.write_all(&data).with_context(|| format!("write {}", p.display()))?;
+                    f.sync_all().with_context(|| format!("fsync {}", p.display()))?;
+                    drop(f);
+                    let back = std::fs::read(&p).with_context(|| format!("read {}", p.display()))?;
+                    ensure!(back == data, "{} reads back differently", p.display());
+                    std::fs::rename(&p, d.join(format!("done{i}")))
+                        .with_context(|| format!("rename {}", p.display()))?;
+                    i += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(i)
+            });
+            writers.push((dir.clone(), seed, Some(t)));
+        }
+        Ok(FileWorkload { stop, done, writers })
+    }
+
+    /// Files completed so far by all writers.
+    pub fn done(&self) -> usize {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more files are complete; fails with a writer's error as soon as one
+    /// stops.
+    pub fn progress(&mut self, n: usize, timeout: Duration) -> Result<()> {
+        let target = self.done() + n;
+        let deadline = Instant::now() + timeout;
+        while self.done() < target {
+            for (dir, _, t) in &mut self.writers {
+                if t.as_ref().is_some_and(|t| t.is_finished()) {
+                    let result = t.take().expect("checked").join();
+                    let result = result.map_err(|_| anyhow!("the writer in {} panicked", dir.display()))?;
+                    result.with_context(|| format!("the writer in {}", dir.display()))?;
+                    bail!("the writer in {} stopped", dir.display());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the workload completed {} of {n} more files in {timeout:?}", n + self.done() - target);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stops the writers, returns the first error one met, else reads every completed file
+    /// back and returns how many there are.
+    pub fn stop_and_verify(self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for (dir, seed, t) in self.writers {
+            let t = t.ok_or_else(|| anyhow!("the writer in {} was stopped by an error", dir.display()))?;
+            let n = t.join().map_err(|_| anyhow!("the writer in {} panicked", dir.display()))?;
+            let n = n.with_context(|| format!("the writer in {}", dir.display()))?;
+            for i in 0..n {
+                let p = dir.join(format!("done{i}"));
+                let data = std::fs::read(&p).with_context(|| format!("read {}", p.display()))?;
+                ensure!(data == workload_file(seed, i), "{} differs from what was written", p.display());
+            }
+            total += n;
+        }
+        Ok(total)
+    }
 }

@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use alces_proto::link::client_master::{
     ClientError, ClientReply, ClientRequest, DirSummary, MasterView, Register, Reply, Request, SessionView, TrashEntry,
@@ -93,7 +94,10 @@ async fn connection(m: Arc<Master>, stream: tokio::net::TcpStream, peer: SocketA
         let Ok(permit) = slots.clone().acquire_owned().await else { break };
         let (m, state, tx) = (m.clone(), state.clone(), tx.clone());
         tokio::spawn(async move {
+            let op: &'static str = (&req.body).into();
+            let start = Instant::now();
             let body = handle(&m, &state, req.id, req.low_water, req.creds, req.body).await;
+            m.metrics.request(op, body.is_ok(), start.elapsed());
             let _ = tx.send(Reply { id: req.id, body });
             drop(permit);
         });

@@ -95,7 +95,10 @@ pub struct SessionView {
     pub meta: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The name of each request (`lookup`, `write_chunk`, ...) labels the master's operation
+/// counters and latency histograms.
+#[derive(Debug, Clone, Serialize, Deserialize, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum ClientRequest {
     /// A fresh nonce for the password proof of the next `Register` on this connection.
     Challenge,
