@@ -3,7 +3,8 @@
 //!
 //! `hdd.cfg` lists one folder a line; `#` starts a comment; a `*` prefix marks a folder for
 //! removal: its chunks are read and reported (so they can be copied elsewhere) but it never
-//! receives a new chunk.
+//! receives a new chunk. As in MooseFS, a size may follow the path: `/data/a 500GiB` uses at
+//! most that much, `/data/a -10GiB` leaves that much of the file system free.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -31,6 +32,55 @@ pub enum FolderError {
 pub struct FolderSpec {
     pub path: PathBuf,
     pub leaving: bool,
+    pub limit: Option<SpaceLimit>,
+}
+
+impl FolderSpec {
+    /// A folder with no size limit.
+    pub fn new(path: impl Into<PathBuf>, leaving: bool) -> FolderSpec {
+        FolderSpec { path: path.into(), leaving, limit: None }
+    }
+}
+
+/// The size given after a folder in hdd.cfg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpaceLimit {
+    /// Use at most this many bytes for chunks.
+    Max(u64),
+    /// Leave this many bytes of the file system free.
+    Keep(u64),
+}
+
+/// `500GiB`, `1.5TB`, `-10GiB`, `1048576`: units with `i` are powers of 1024, without of
+/// 1000; a trailing `B` is optional.
+fn parse_size(text: &str) -> Option<SpaceLimit> {
+    let (keep, t) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let unit = unit.strip_suffix(['B', 'b']).unwrap_or(unit);
+    let (letter, binary) = match unit.strip_suffix('i') {
+        Some(l) => (l, true),
+        None => (unit, false),
+    };
+    let power = match letter.to_ascii_uppercase().as_str() {
+        "" if !binary => 0,
+        "K" => 1,
+        "M" => 2,
+        "G" => 3,
+        "T" => 4,
+        "P" => 5,
+        _ => return None,
+    };
+    let bytes = num * (if binary { 1024f64 } else { 1000f64 }).powi(power);
+    if bytes >= u64::MAX as f64 {
+        return None;
+    }
+    let bytes = bytes as u64;
+    Some(if keep { SpaceLimit::Keep(bytes) } else { SpaceLimit::Max(bytes) })
 }
 
 /// Parses hdd.cfg.
@@ -41,25 +91,29 @@ pub fn parse_hdd_cfg(path: &Path, text: &str) -> Result<Vec<FolderSpec>, FolderE
         if line.is_empty() {
             continue;
         }
-        let (leaving, p) = match line.strip_prefix('*') {
+        let (leaving, rest) = match line.strip_prefix('*') {
             Some(rest) => (true, rest.trim()),
             None => (false, line),
         };
+        let bad = |reason: String| FolderError::Config { path: path.to_path_buf(), line: i + 1, reason };
+        let mut words = rest.split_whitespace();
+        let p = words.next().unwrap_or("");
+        let limit = match words.next() {
+            Some(size) => Some(parse_size(size).ok_or_else(|| {
+                bad(format!("{size:?} is not a size (e.g. 500GiB to use at most that, -10GiB to leave that free)"))
+            })?),
+            None => None,
+        };
+        if let Some(extra) = words.next() {
+            return Err(bad(format!("unexpected {extra:?} after the folder and its size")));
+        }
         if !p.starts_with('/') {
-            return Err(FolderError::Config {
-                path: path.to_path_buf(),
-                line: i + 1,
-                reason: format!("{p:?} is not an absolute path"),
-            });
+            return Err(bad(format!("{p:?} is not an absolute path")));
         }
         if out.iter().any(|f: &FolderSpec| f.path == Path::new(p)) {
-            return Err(FolderError::Config {
-                path: path.to_path_buf(),
-                line: i + 1,
-                reason: format!("{p} is listed twice"),
-            });
+            return Err(bad(format!("{p} is listed twice")));
         }
-        out.push(FolderSpec { path: PathBuf::from(p), leaving });
+        out.push(FolderSpec { path: PathBuf::from(p), leaving, limit });
     }
     if out.is_empty() {
         return Err(FolderError::Empty { path: path.to_path_buf() });
@@ -129,13 +183,22 @@ impl Folders {
         self.folders[folder].spec.path.join(crate::format::relative_path(sub, id, version))
     }
 
-    pub fn space(&self) -> Vec<FolderSpace> {
+    /// The space of every folder, given the bytes its chunks take (`used`, by folder): the
+    /// file system's, within the folder's limit.
+    pub fn space(&self, used: &[u64]) -> Vec<FolderSpace> {
         self.folders
             .iter()
-            .map(|f| {
-                let (total, avail) = match nix::sys::statvfs::statvfs(&f.spec.path) {
+            .enumerate()
+            .map(|(i, f)| {
+                let (fs_total, fs_avail) = match nix::sys::statvfs::statvfs(&f.spec.path) {
                     Ok(s) => (s.blocks() * s.fragment_size(), s.blocks_available() * s.fragment_size()),
                     Err(_) => (0, 0),
+                };
+                let used = used.get(i).copied().unwrap_or(0);
+                let (total, avail) = match f.spec.limit {
+                    None => (fs_total, fs_avail),
+                    Some(SpaceLimit::Max(max)) => (max.min(fs_total), max.saturating_sub(used).min(fs_avail)),
+                    Some(SpaceLimit::Keep(keep)) => (fs_total.saturating_sub(keep), fs_avail.saturating_sub(keep)),
                 };
                 FolderSpace { path: f.spec.path.clone(), total, avail, leaving: f.spec.leaving }
             })
@@ -143,8 +206,8 @@ impl Folders {
     }
 
     /// The folder for a new chunk: the most free space among those not leaving.
-    pub fn choose(&self) -> Option<usize> {
-        self.space()
+    pub fn choose(&self, used: &[u64]) -> Option<usize> {
+        self.space(used)
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.leaving && s.avail > 0)
@@ -215,13 +278,17 @@ mod tests {
     #[test]
     fn hdd_cfg_parsing() {
         let f = parse_hdd_cfg(Path::new("hdd.cfg"), "# disks\n/data/a\n\n*/data/b  # draining\n").unwrap();
+        assert_eq!(f, vec![FolderSpec::new("/data/a", false), FolderSpec::new("/data/b", true),]);
+        let f = parse_hdd_cfg(Path::new("hdd.cfg"), "/a 500GiB\n*/b -1.5GB\n/c 4096\n").unwrap();
+        let limits: Vec<_> = f.iter().map(|f| f.limit).collect();
         assert_eq!(
-            f,
-            vec![
-                FolderSpec { path: "/data/a".into(), leaving: false },
-                FolderSpec { path: "/data/b".into(), leaving: true },
-            ]
+            limits,
+            [Some(SpaceLimit::Max(500 << 30)), Some(SpaceLimit::Keep(1_500_000_000)), Some(SpaceLimit::Max(4096))]
         );
+        let e = parse_hdd_cfg(Path::new("hdd.cfg"), "/a\n/b 12parsecs\n").unwrap_err().to_string();
+        assert!(e.starts_with("hdd.cfg:2: \"12parsecs\" is not a size"), "{e}");
+        let e = parse_hdd_cfg(Path::new("hdd.cfg"), "/a 1GiB extra\n").unwrap_err().to_string();
+        assert!(e.contains("unexpected \"extra\""), "{e}");
         let e = parse_hdd_cfg(Path::new("hdd.cfg"), "/a\nrelative\n").unwrap_err().to_string();
         assert_eq!(e, "hdd.cfg:2: \"relative\" is not an absolute path");
         assert!(parse_hdd_cfg(Path::new("hdd.cfg"), "/a\n/a\n").unwrap_err().to_string().contains("twice"));
@@ -231,7 +298,7 @@ mod tests {
     #[test]
     fn a_folder_is_locked_against_a_second_chunkserver() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = vec![FolderSpec { path: dir.path().join("a"), leaving: false }];
+        let spec = vec![FolderSpec::new(dir.path().join("a"), false)];
         let first = Folders::open(spec.clone()).unwrap();
         assert!(matches!(Folders::open(spec.clone()), Err(FolderError::Locked { .. })));
         drop(first);
@@ -241,10 +308,7 @@ mod tests {
     #[test]
     fn scan_rebuilds_the_list_and_reports_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let specs = vec![
-            FolderSpec { path: dir.path().join("a"), leaving: false },
-            FolderSpec { path: dir.path().join("b"), leaving: true },
-        ];
+        let specs = vec![FolderSpec::new(dir.path().join("a"), false), FolderSpec::new(dir.path().join("b"), true)];
         let folders = Folders::open(specs).unwrap();
         let mut c =
             ChunkFile::create(&folders.path(0, 1, ChunkId(1), ChunkVersion(3)), ChunkId(1), ChunkVersion(3)).unwrap();
@@ -260,6 +324,22 @@ mod tests {
         assert_eq!(found, vec![(1, 3, 0), (2, 1, 1)]);
         assert_eq!(scan.damaged.len(), 2, "{:?}", scan.damaged);
         assert!(scan.damaged.iter().any(|(p, _)| p == &bad));
-        assert_eq!(folders.choose(), Some(0), "the folder marked for removal is never chosen");
+        assert_eq!(folders.choose(&[0, 0]), Some(0), "the folder marked for removal is never chosen");
+    }
+
+    #[test]
+    fn a_size_limit_bounds_the_space_of_a_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = FolderSpec::new(dir.path().join("a"), false);
+        a.limit = Some(SpaceLimit::Max(100 << 20));
+        let mut b = FolderSpec::new(dir.path().join("b"), false);
+        b.limit = Some(SpaceLimit::Keep(u64::MAX / 2));
+        let folders = Folders::open(vec![a, b]).unwrap();
+        let space = folders.space(&[30 << 20, 0]);
+        assert_eq!((space[0].total, space[0].avail), (100 << 20, 70 << 20));
+        // Keeping more free than the disk has leaves nothing.
+        assert_eq!((space[1].total, space[1].avail), (0, 0));
+        assert_eq!(folders.choose(&[30 << 20, 0]), Some(0));
+        assert_eq!(folders.choose(&[100 << 20, 0]), None, "a full folder and one with nothing to give");
     }
 }

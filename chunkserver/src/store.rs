@@ -143,7 +143,8 @@ impl Store {
     /// Space and load for heartbeats.
     pub async fn load(&self) -> CsLoad {
         let per_folder = self.usage().await;
-        let space = self.folders.space();
+        let used: Vec<u64> = per_folder.iter().map(|(_, bytes)| *bytes).collect();
+        let space = self.folders.space(&used);
         let folders: Vec<FolderLoad> = space
             .iter()
             .zip(&per_folder)
@@ -317,8 +318,9 @@ impl Store {
     /// The folder for a new replica: most free space (to the GiB), then fewest chunks.
     async fn choose_folder(&self) -> Result<usize, DataError> {
         let usage = self.usage().await;
+        let used: Vec<u64> = usage.iter().map(|(_, bytes)| *bytes).collect();
         self.folders
-            .space()
+            .space(&used)
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.leaving && s.avail > 0)

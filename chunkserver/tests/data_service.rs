@@ -32,7 +32,7 @@ struct Node {
 
 impl Node {
     async fn start(id: u64, folders: &[(PathBuf, bool)]) -> Node {
-        let specs = folders.iter().map(|(p, leaving)| FolderSpec { path: p.clone(), leaving: *leaving }).collect();
+        let specs = folders.iter().map(|(p, leaving)| FolderSpec::new(p.clone(), *leaving)).collect();
         let folders = Folders::open(specs).expect("opening the data folders");
         let scan = folders.scan();
         assert!(scan.damaged.is_empty(), "damaged files: {:?}", scan.damaged);

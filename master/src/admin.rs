@@ -213,6 +213,7 @@ impl Master {
             replicated: get(&st.replicated),
             deleted: get(&st.deleted),
             failed: get(&st.failed),
+            rebalanced: get(&st.rebalanced),
         })
     }
 
@@ -388,7 +389,9 @@ impl AdminBackend for Master {
         ] {
             m.replication_chunks.with_label_values(&[state]).set(n as i64);
         }
-        for (outcome, n) in [("replicated", r.replicated), ("deleted", r.deleted), ("failed", r.failed)] {
+        for (outcome, n) in
+            [("replicated", r.replicated), ("deleted", r.deleted), ("failed", r.failed), ("rebalanced", r.rebalanced)]
+        {
             m.replication_orders.with_label_values(&[outcome]).set(n as i64);
         }
         let servers = self.topology.servers();

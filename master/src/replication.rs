@@ -4,6 +4,10 @@
 //! dropped. Copies on a server silent for longer than `CHUNKSERVER_TIMEOUT` do not count, so a
 //! lost server's chunks are re-replicated; when it returns, its extra copies are trimmed.
 //! Replicas of chunks the namespace no longer has (freed files, expired trash) are deleted.
+//! When there is nothing else to do and the fullest server's usage (the share of its space
+//! its chunks take) is more than `ACCEPTABLE_PERCENTAGE_DIFFERENCE` points above the emptiest
+//! one's, a few chunks are copied from the first to the second; the next pass trims the copy
+//! on the fuller server (over-goal copies go from the fullest servers first).
 //!
 //! A pass scans every chunk record and sends at most `ORDERS_PER_PASS` orders; chunks under
 //! a write lease are left alone until the write ends. It runs only on the leader and keeps no
@@ -26,6 +30,8 @@ pub const ORDERS_PER_PASS: usize = 64;
 const PARALLEL_ORDERS: usize = 8;
 /// Chunk records read at a time.
 const SCAN_BATCH: usize = 10_000;
+/// Chunks a pass moves to even out disk usage, at most.
+const REBALANCE_PER_PASS: usize = 2;
 
 /// What the last pass found and what the manager has done since start.
 #[derive(Debug, Default)]
@@ -41,6 +47,87 @@ pub struct ReplicationStats {
     pub deleted: AtomicU64,
     pub failed: AtomicU64,
     pub passes: AtomicU64,
+    /// Copies made to even out disk usage.
+    pub rebalanced: AtomicU64,
+}
+
+/// Usage in millionths of the space: chunks' bytes over the server's space.
+fn usage_ppm(s: &ServerView) -> u64 {
+    if s.load.total_bytes == 0 {
+        return 0;
+    }
+    (s.load.used_bytes as u128 * 1_000_000 / s.load.total_bytes as u128) as u64
+}
+
+/// A move that evens out usage: copies go from the fullest server to the emptiest.
+struct Rebalance {
+    from: ChunkserverId,
+    to: ChunkLocation,
+    to_label: String,
+    /// Bytes on each and their space, updated as chunks are picked.
+    from_used: u64,
+    from_total: u64,
+    to_used: u64,
+    to_total: u64,
+    /// The estimated size of one chunk (the average on `from`).
+    chunk_bytes: u64,
+    picked: Vec<Work>,
+}
+
+impl Rebalance {
+    /// The move worth making now, if any: the usage gap is above `acceptable_ppm`.
+    fn plan(servers: &HashMap<ChunkserverId, ServerView>, acceptable_ppm: u64) -> Option<Rebalance> {
+        let live: Vec<&ServerView> =
+            servers.values().filter(|s| s.connected && s.reported && s.load.total_bytes > 0).collect();
+        let from = live.iter().filter(|s| s.load.chunks > 0).max_by_key(|s| (usage_ppm(s), s.id))?;
+        let to = live.iter().filter(|s| s.load.avail_bytes > 0).min_by_key(|s| (usage_ppm(s), s.id))?;
+        if from.id == to.id || usage_ppm(from) <= usage_ppm(to) + acceptable_ppm {
+            return None;
+        }
+        Some(Rebalance {
+            from: from.id,
+            to: ChunkLocation { id: to.id, addr: to.addr.clone() },
+            to_label: to.label.clone(),
+            from_used: from.load.used_bytes,
+            from_total: from.load.total_bytes,
+            to_used: to.load.used_bytes,
+            to_total: to.load.total_bytes,
+            chunk_bytes: (from.load.used_bytes / from.load.chunks).max(1),
+            picked: Vec::new(),
+        })
+    }
+
+    /// Whether moving one more chunk keeps the source at least as full as the target (so
+    /// that moves never overshoot and then come back).
+    fn worth_one_more(&self) -> bool {
+        let c = self.chunk_bytes as u128;
+        let from_after = (self.from_used as u128).saturating_sub(c) * self.to_total as u128;
+        let to_after = (self.to_used as u128 + c) * self.from_total as u128;
+        self.picked.len() < REBALANCE_PER_PASS && from_after >= to_after
+    }
+
+    /// Considers a chunk at its goal with `valid` copies (server, label).
+    fn consider(
+        &mut self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        replicas: &[ChunkserverId],
+        valid: &[(ChunkLocation, String)],
+    ) {
+        if !self.worth_one_more() || replicas.contains(&self.to.id) || !valid.iter().any(|(l, _)| l.id == self.from) {
+            return;
+        }
+        // Keep copies spread over labels: the target's label must not hold another copy.
+        let others_label =
+            valid.iter().any(|(l, label)| l.id != self.from && !label.is_empty() && *label == self.to_label);
+        if others_label {
+            return;
+        }
+        let sources = valid.iter().filter(|(l, _)| l.id == self.from).map(|(l, _)| l.clone()).collect();
+        self.picked.push(Work::Replicate { chunk, version, to: self.to.clone(), sources });
+        self.from_used = self.from_used.saturating_sub(self.chunk_bytes);
+        self.to_used += self.chunk_bytes;
+    }
 }
 
 enum Work {
@@ -75,6 +162,7 @@ pub async fn pass(m: &Arc<Master>) -> usize {
     // is created, so a listed chunk the namespace does not have after the barrier was freed,
     // not allocated too recently to be seen.
     let mut known = m.topology.chunk_ids().into_iter().peekable();
+    let mut rebalance = Rebalance::plan(&servers, m.config.acceptable_difference_ppm);
     let Ok(view) = m.read().await else { return 0 };
     let (mut under, mut over, mut missing, mut stale, mut leaving) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut orphans = 0u64;
@@ -106,6 +194,7 @@ pub async fn pass(m: &Arc<Master>) -> usize {
             let goal = rec.goal.0 as usize;
             let replicas = m.topology.replicas(chunk);
             let mut valid = Vec::new();
+            let mut labels = Vec::new();
             let mut on_leaving = Vec::new();
             // With no replica at the committed version, replicas ahead of it are the ones a
             // dying leader moved without committing: adopted, not deleted.
@@ -131,7 +220,8 @@ pub async fn pass(m: &Arc<Master>) -> usize {
                 if r.leaving {
                     on_leaving.push(loc);
                 } else {
-                    valid.push((loc, s.load.used_bytes));
+                    labels.push((loc.clone(), s.label.clone()));
+                    valid.push((loc, usage_ppm(s)));
                 }
             }
             let sources: Vec<ChunkLocation> = valid.iter().map(|(l, _)| l.clone()).chain(on_leaving.clone()).collect();
@@ -152,7 +242,7 @@ pub async fn pass(m: &Arc<Master>) -> usize {
                 if valid.len() > goal {
                     over += 1;
                     // Trim the copies on the fullest servers.
-                    valid.sort_by_key(|(l, used)| (std::cmp::Reverse(*used), l.id));
+                    valid.sort_by_key(|(l, usage)| (std::cmp::Reverse(*usage), l.id));
                     for (l, _) in &valid[..valid.len() - goal] {
                         todo.push((valid.len(), Work::Delete { chunk, version: rec.version, on: l.id }));
                     }
@@ -161,6 +251,12 @@ pub async fn pass(m: &Arc<Master>) -> usize {
                 for l in &on_leaving {
                     leaving += 1;
                     todo.push((valid.len(), Work::Delete { chunk, version: rec.version, on: l.id }));
+                }
+                if valid.len() == goal && on_leaving.is_empty() {
+                    if let Some(r) = rebalance.as_mut() {
+                        let holders: Vec<ChunkserverId> = replicas.iter().map(|r| r.server).collect();
+                        r.consider(chunk, rec.version, &holders, &labels);
+                    }
                 }
             }
         }
@@ -176,6 +272,15 @@ pub async fn pass(m: &Arc<Master>) -> usize {
     st.leaving.store(leaving, Ordering::Relaxed);
     st.orphans.store(orphans, Ordering::Relaxed);
     st.passes.fetch_add(1, Ordering::Relaxed);
+    // Evening out usage waits until nothing else is left to do.
+    let mut rebalancing = false;
+    if todo.is_empty() {
+        if let Some(r) = rebalance.filter(|r| !r.picked.is_empty()) {
+            tracing::info!(from = %r.from, to = %r.to.id, chunks = r.picked.len(), "moving chunks to even out disk usage");
+            todo.extend(r.picked.into_iter().map(|w| (0, w)));
+            rebalancing = true;
+        }
+    }
     if todo.is_empty() {
         return 0;
     }
@@ -202,6 +307,9 @@ pub async fn pass(m: &Arc<Master>) -> usize {
             match m.topology.order(server, term, order).await {
                 Ok(()) if replicate => {
                     st.replicated.fetch_add(1, Ordering::Relaxed);
+                    if rebalancing {
+                        st.rebalanced.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Ok(()) => {
                     st.deleted.fetch_add(1, Ordering::Relaxed);

@@ -1,7 +1,8 @@
 //! Self-healing with real processes (one master, several chunkservers on loopback): a killed
 //! chunkserver's chunks are copied back to their goal, returning servers' extra and stale copies
 //! are trimmed, corrupt copies (found by a read or by the scrubber) are replaced, a folder marked
-//! for removal empties, and an expired trash entry's chunk files disappear.
+//! for removal empties, an expired trash entry's chunk files disappear, and chunks move from a
+//! full chunkserver to an empty one.
 //!
 //! Every check looks at both sides: what the master reports (`FileInfo`, as `alces fileinfo`)
 //! and the chunk files on the chunkservers' disks. Data is read back through the client's data
@@ -40,8 +41,14 @@ struct Env {
 }
 
 async fn start(chunkservers: usize, goal: u8, chunkserver_extra: &[&str]) -> Result<Env> {
+    start_sized(chunkservers, goal, chunkserver_extra, None).await
+}
+
+/// [`start`], every data folder limited to `hdd_size` (in hdd.cfg).
+async fn start_sized(chunkservers: usize, goal: u8, chunkserver_extra: &[&str], hdd_size: Option<&str>) -> Result<Env> {
     let dir = alces_testkit::temp_dir("alces-self-healing-");
     let mut layout = Layout::new(dir.path(), 1, chunkservers)?;
+    layout.hdd_size = hdd_size.map(str::to_string);
     layout.goal = goal;
     layout.master_extra.push(format!("CHUNKSERVER_TIMEOUT = {CHUNKSERVER_TIMEOUT}"));
     // A single master has no previous leader whose writes could still be under way.
@@ -625,4 +632,50 @@ async fn an_expired_trash_entry_frees_its_chunks_on_the_chunkservers() -> Result
     // The file in the trash (default trash time) keeps its copies; the live one too.
     wait_placement(&env, &[&trashed, &live], 2, &all, "the other files' copies untouched").await?;
     env.check_contents(&[&trashed, &live]).await
+}
+
+/// Each data folder may hold 16 MiB (hdd.cfg), so the test files (about 10 MiB) make a usage
+/// gap of about 30 points between a server holding them all and an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_move_from_a_full_chunkserver_to_an_empty_one() -> Result<()> {
+    let mut env = start_sized(2, 1, &[], Some("16MiB")).await?;
+    // Everything is written while the second server is away.
+    env.kill(2, Signal::SIGTERM)?;
+    settle("the master to see chunkserver 2 leave", HEAL, || async {
+        let v = env.view()?;
+        Ok((v.chunkservers.iter().filter(|s| s.alive).count() != 1).then(|| format!("{:?}", v.chunkservers)))
+    })
+    .await?;
+    let files = write_files(&env, "r").await?;
+    let per = chunks_per_server(&env)?;
+    ensure!(per[&2] == 0 && per[&1] > 0, "chunks per server before the return: {per:?}");
+    let used = |v: &ClusterView, id: u64| v.chunkservers.iter().find(|s| s.id == id).map(|s| s.used_bytes);
+
+    env.restart(&[2])?;
+    wait_placement(&env, &refs(&files), 1, &[1, 2], "one copy of every chunk").await?;
+    // Moves go on until the usage is even; then they stop: three idle passes without a move.
+    let mut calm_since: Option<(u64, u64)> = None;
+    settle("the moves to stop", HEAL, || {
+        let verdict = env.replication().map(|r| match calm_since {
+            Some((moved, pass)) if moved == r.rebalanced && r.idle() => {
+                (r.passes < pass + 3).then(|| format!("calm since pass {pass}: {r:?}"))
+            }
+            _ => {
+                calm_since = Some((r.rebalanced, r.passes));
+                Some(format!("still moving: {r:?}"))
+            }
+        });
+        async move { verdict }
+    })
+    .await?;
+    let per = chunks_per_server(&env)?;
+    let v = env.view()?;
+    let (u1, u2) = (used(&v, 1).unwrap_or(0), used(&v, 2).unwrap_or(0));
+    eprintln!("after rebalancing: chunks {per:?}, bytes {u1} and {u2}, {:?}", v.replication);
+    ensure!(v.replication.as_ref().is_some_and(|r| r.rebalanced > 0), "nothing moved: {:?}", v.replication);
+    ensure!(per[&1] > 0 && per[&2] > 0, "chunks per server: {per:?}");
+    // Even to within about one chunk (the largest test chunk holds about 3 MiB).
+    ensure!(u1.abs_diff(u2) < 4 * MIB as u64, "usage still uneven: {u1} and {u2} bytes");
+    check_replicas(&env, &refs(&files), &[1, 2]).await?;
+    env.check_contents(&refs(&files)).await
 }

@@ -113,6 +113,9 @@ pub struct ReplicationView {
     pub replicated: u64,
     pub deleted: u64,
     pub failed: u64,
+    /// Copies made to even out disk usage (counted in `replicated` too).
+    #[serde(default)]
+    pub rebalanced: u64,
 }
 
 impl ReplicationView {

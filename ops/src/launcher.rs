@@ -39,6 +39,8 @@ pub struct Layout {
     pub chunkserver_extra: Vec<String>,
     /// Exports file content (default: everything read-write, root stays root).
     pub exports: String,
+    /// A size limit written after every data folder in hdd.cfg (`16MiB`, `-10GiB`).
+    pub hdd_size: Option<String>,
 }
 
 impl Layout {
@@ -53,6 +55,7 @@ impl Layout {
             master_extra: Vec::new(),
             chunkserver_extra: Vec::new(),
             exports: "*\t/\trw,alldirs,maproot=0\n*\t.\trw\n".into(),
+            hdd_size: None,
         })
     }
 }
@@ -298,7 +301,8 @@ impl Cluster {
                 fs::create_dir_all(f)?;
             }
             let hdd = cdir.join("hdd.cfg");
-            fs::write(&hdd, folders.iter().map(|f| format!("{}\n", f.display())).collect::<String>())?;
+            let size = layout.hdd_size.as_ref().map(|s| format!(" {s}")).unwrap_or_default();
+            fs::write(&hdd, folders.iter().map(|f| format!("{}{size}\n", f.display())).collect::<String>())?;
             let addr = free_addr()?;
             let config = cdir.join("chunkserver.cfg");
             let text = format!(
