@@ -33,7 +33,11 @@ pub const MASTERINFO_INODE: u64 = u64::MAX - 16;
 
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// How long the kernel keeps attributes and directory entries.
     pub attr_ttl: Duration,
+    /// Flags of every open file: none (the page cache is dropped at open), direct I/O (no
+    /// page cache) or keep cache.
+    pub open_flags: FopenFlags,
     /// A file's buffered writes are written out when they reach this many bytes.
     pub flush_at: usize,
     /// Buffered bytes of all files together, at most.
@@ -51,6 +55,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             attr_ttl: Duration::from_secs(1),
+            open_flags: FopenFlags::empty(),
             flush_at: 16 << 20,
             write_budget: 256 << 20,
             read_ahead: 4 << 20,
@@ -159,6 +164,18 @@ fn errno(s: Status) -> Errno {
 
 fn call_errno(e: CallError) -> Errno {
     Errno::from_i32(e.errno())
+}
+
+/// The error for a request naming an inode the kernel found by a lookup: if the inode is gone
+/// (a rename or unlink freed it after the lookup), ESTALE makes the kernel look the path up
+/// again and retry, so that `open` or `stat` of a path that always exists (replaced by an
+/// atomic rename) never fails with ENOENT.
+fn stale(e: Errno) -> Errno {
+    if e == Errno::ENOENT {
+        Errno::ESTALE
+    } else {
+        e
+    }
 }
 
 fn time(t: Timestamp) -> SystemTime {
@@ -466,7 +483,7 @@ impl Filesystem for AlcesFs {
         self.spawn(move |fs| async move {
             match fs.attr_call(&creds, ClientRequest::GetAttr { inode: Inode(ino.0) }).await {
                 Ok(a) => reply.attr(&ttl, &fuse_attr(&a)),
-                Err(e) => reply.error(e),
+                Err(e) => reply.error(stale(e)),
             }
         });
     }
@@ -513,7 +530,7 @@ impl Filesystem for AlcesFs {
             let r = fs.attr_call(&creds, ClientRequest::SetAttr { inode, set, handle: fh.is_some() }).await;
             match r {
                 Ok(a) => reply.attr(&ttl, &fuse_attr(&a)),
-                Err(e) => reply.error(e),
+                Err(e) => reply.error(stale(e)),
             }
         });
     }
@@ -524,7 +541,7 @@ impl Filesystem for AlcesFs {
             match fs.call(&creds, ClientRequest::ReadLink { inode: Inode(ino.0) }).await {
                 Ok(ClientReply::ReadLink(t)) => reply.data(&t),
                 Ok(_) => reply.error(Errno::EIO),
-                Err(e) => reply.error(e),
+                Err(e) => reply.error(stale(e)),
             }
         });
     }
@@ -618,9 +635,9 @@ impl Filesystem for AlcesFs {
                 Ok(_) => {
                     fs.forget_read_ahead(inode);
                     let fh = fs.new_handle(Inner::file_handle(inode));
-                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                    reply.opened(FileHandle(fh), fs.opts.open_flags);
                 }
-                Err(e) => reply.error(e),
+                Err(e) => reply.error(stale(e)),
             }
         });
     }
@@ -724,7 +741,7 @@ impl Filesystem for AlcesFs {
         self.spawn(move |fs| async move {
             let inode = Inode(ino.0);
             if let Err(e) = fs.call(&creds, ClientRequest::OpenDir { inode }).await {
-                return reply.error(e);
+                return reply.error(stale(e));
             }
             // The kernel resolves `..` itself; the inode number given for it is informational.
             let mut entries: Vec<(Vec<u8>, u64, FileType)> =
@@ -852,7 +869,8 @@ impl Filesystem for AlcesFs {
         let creds = creds(req);
         let mask = (mask.bits() & 7) as u16;
         self.spawn(move |fs| async move {
-            reply_empty(reply, fs.call(&creds, ClientRequest::Access { inode: Inode(ino.0), mask }).await.map(|_| ()));
+            let r = fs.call(&creds, ClientRequest::Access { inode: Inode(ino.0), mask }).await;
+            reply_empty(reply, r.map(|_| ()).map_err(stale));
         });
     }
 
@@ -876,7 +894,7 @@ impl Filesystem for AlcesFs {
             match fs.attr_call(&creds, body).await {
                 Ok(a) => {
                     let fh = fs.new_handle(Inner::file_handle(a.inode));
-                    reply.created(&ttl, &fuse_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty());
+                    reply.created(&ttl, &fuse_attr(&a), Generation(0), FileHandle(fh), fs.opts.open_flags);
                 }
                 Err(e) => reply.error(e),
             }

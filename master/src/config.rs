@@ -38,8 +38,9 @@ pub static KEYS: &[Key] = &[
     Key { name: "ACCEPTABLE_PERCENTAGE_DIFFERENCE", default: Some("1.0"), help: "chunks move from the fullest chunkserver to the emptiest while their usage (percent of space) differs by more than this" },
     Key { name: "SNAPSHOT_EVERY", default: Some("100000"), help: "build a metadata snapshot after this many log entries" },
     Key { name: "KEEP_LOGS", default: Some("10000"), help: "log entries kept behind a snapshot" },
-    Key { name: "ELECTION_TIMEOUT_MS", default: Some("600"), help: "minimum election timeout; the maximum is twice this" },
+    Key { name: "ELECTION_TIMEOUT_MS", default: Some("300"), help: "minimum election timeout; the maximum is twice this. Followers start an election 3 to 4 times this after the last heartbeat (a leader lease of twice it, then the random timeout)" },
     Key { name: "HEARTBEAT_MS", default: Some("100"), help: "leader heartbeat interval" },
+    Key { name: "TEST_UNSAFE_DISABLE_WAL", default: Some("0"), help: "TESTS ONLY: 1 turns the write-ahead log off, so acknowledged changes are lost on a crash (to prove the fault-injection suite notices)" },
 ];
 
 /// Ports of a member, in the order PEERS lists them.
@@ -68,6 +69,8 @@ pub struct MasterConfig {
     pub acceptable_difference_ppm: u64,
     pub snapshot_every: u64,
     pub keep_logs: u64,
+    /// TEST_UNSAFE_DISABLE_WAL: sabotage for the fault-injection suite's self-test.
+    pub unsafe_no_wal: bool,
     pub election_timeout_ms: u64,
     pub heartbeat_ms: u64,
 }
@@ -189,6 +192,11 @@ impl MasterConfig {
             })?,
             snapshot_every: s.get_with("SNAPSHOT_EVERY", parse_size)?,
             keep_logs: s.get("KEEP_LOGS")?,
+            unsafe_no_wal: s.get_with("TEST_UNSAFE_DISABLE_WAL", |v| match v {
+                "0" => Ok(false),
+                "1" => Ok(true),
+                _ => Err("must be 0 or 1".into()),
+            })?,
             election_timeout_ms: s.get_with("ELECTION_TIMEOUT_MS", |v| match v.parse::<u64>() {
                 Ok(n) if n >= 50 => Ok(n),
                 _ => Err("must be a number of milliseconds, at least 50".into()),

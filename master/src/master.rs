@@ -70,6 +70,7 @@ impl Master {
         );
         nc.snapshot_every = config.snapshot_every;
         nc.keep_logs = config.keep_logs;
+        nc.unsafe_no_wal = config.unsafe_no_wal;
         nc.heartbeat_ms = config.heartbeat_ms;
         nc.election_timeout_min_ms = config.election_timeout_ms;
         nc.election_timeout_max_ms = config.election_timeout_ms * 2;

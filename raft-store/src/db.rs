@@ -28,16 +28,32 @@ const BLOCK_CACHE_BYTES: usize = 32 << 20;
 /// Memory all memtables may use together before the largest is flushed: the state lives on
 /// disk and RAM stays bounded whatever the number of files.
 const WRITE_BUFFERS_BYTES: usize = 64 << 20;
+/// How often memtables reach the disk when the write-ahead log is off (tests only).
+const UNSAFE_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A RocksDB handle with the column families of this node.
 pub struct Db {
     inner: DB,
     app_cfs: Vec<String>,
+    /// Test-only sabotage: writes skip the write-ahead log and "syncs" do nothing, so an
+    /// acknowledged entry lives only in memory until the memtables are flushed (every
+    /// [`UNSAFE_FLUSH_EVERY`], all column families at once, so a crash goes back to a
+    /// consistent but older state). It exists to show that the fault-injection suite
+    /// catches lost acknowledged writes.
+    unsafe_no_wal: bool,
 }
 
 impl Db {
     /// Opens (or creates) the database with the Raft column families and `app_cfs`.
     pub fn open(path: &Path, app_cfs: &[&str]) -> Result<Arc<Db>> {
+        Db::open_with(path, app_cfs, false)
+    }
+
+    /// [`Db::open`]; with `unsafe_no_wal`, nothing is durable (see [`Db`]; tests only).
+    pub fn open_with(path: &Path, app_cfs: &[&str], unsafe_no_wal: bool) -> Result<Arc<Db>> {
+        if unsafe_no_wal {
+            tracing::warn!("TEST ONLY: the write-ahead log is off; acknowledged changes are lost on a crash");
+        }
         for name in app_cfs {
             if [CF_LOG, CF_RAFT_STATE, CF_SM_META].contains(name) {
                 return Err(Error::Config(format!("column family name {name:?} is reserved")));
@@ -52,6 +68,7 @@ impl Db {
         opts.set_keep_log_file_num(3);
         opts.set_max_log_file_size(8 << 20);
         opts.set_db_write_buffer_size(WRITE_BUFFERS_BYTES);
+        opts.set_atomic_flush(unsafe_no_wal);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cf_opts = |write_buffer: usize, compress: bool| {
             let mut o = Options::default();
@@ -69,7 +86,25 @@ impl Db {
         ];
         cfs.extend(app_cfs.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_opts(16 << 20, true))));
         let inner = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Arc::new(Db { inner, app_cfs: app_cfs.iter().map(|s| s.to_string()).collect() }))
+        let db = Arc::new(Db { inner, app_cfs: app_cfs.iter().map(|s| s.to_string()).collect(), unsafe_no_wal });
+        if unsafe_no_wal {
+            let weak = Arc::downgrade(&db);
+            std::thread::spawn(move || loop {
+                std::thread::sleep(UNSAFE_FLUSH_EVERY);
+                let Some(db) = weak.upgrade() else { return };
+                if let Err(e) = db.flush_all() {
+                    tracing::warn!(error = %e, "flushing memtables failed");
+                }
+            });
+        }
+        Ok(db)
+    }
+
+    /// Writes every column family's memtable to disk, atomically across them.
+    fn flush_all(&self) -> Result<()> {
+        let names = [CF_LOG, CF_RAFT_STATE, CF_SM_META].into_iter().chain(self.app_cfs.iter().map(String::as_str));
+        let cfs = names.map(|n| self.cf(n)).collect::<Result<Vec<_>>>()?;
+        Ok(self.inner.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?)
     }
 
     /// The application's column families, in the order they were declared.
@@ -100,12 +135,16 @@ impl Db {
     /// Writes a batch; `sync` makes it durable before returning.
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
         let mut wo = WriteOptions::default();
-        wo.set_sync(sync);
+        wo.set_sync(sync && !self.unsafe_no_wal);
+        wo.disable_wal(self.unsafe_no_wal);
         Ok(self.inner.write_opt(batch, &wo)?)
     }
 
     /// Makes every write so far durable (one fsync of the WAL).
     pub fn sync_wal(&self) -> Result<()> {
+        if self.unsafe_no_wal {
+            return Ok(());
+        }
         Ok(self.inner.flush_wal(true)?)
     }
 

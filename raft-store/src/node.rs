@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot, so that slightly lagging followers need no snapshot.
     pub keep_logs: u64,
+    /// Test-only sabotage: no write-ahead log, so acknowledged entries are lost on a crash
+    /// (proves the fault-injection suite detects it). Never set in production.
+    pub unsafe_no_wal: bool,
 }
 
 impl NodeConfig {
@@ -62,6 +65,7 @@ impl NodeConfig {
             election_timeout_max_ms: 1000,
             snapshot_every: 100_000,
             keep_logs: 10_000,
+            unsafe_no_wal: false,
         }
     }
 
@@ -143,7 +147,7 @@ impl<M: StateMachine> RaftNode<M> {
     pub async fn start(config: NodeConfig, machine: Arc<M>) -> Result<Arc<Self>> {
         let raft_config = Arc::new(config.raft_config()?);
         std::fs::create_dir_all(&config.data_dir)?;
-        let db = Db::open(&config.data_dir.join("db"), machine.column_families())?;
+        let db = Db::open_with(&config.data_dir.join("db"), machine.column_families(), config.unsafe_no_wal)?;
         let log = LogStore::new(db.clone());
         let dir = SnapshotDir::open(config.data_dir.join("snapshots"))?;
         let erased: Arc<dyn crate::machine::ErasedMachine> = machine.clone();

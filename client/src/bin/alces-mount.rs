@@ -18,7 +18,7 @@ use alces_client::master_link::{MasterClient, Options};
 use alces_client::meta_fs::MetaFs;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fuser::{Config, MountOption, SessionACL};
+use fuser::{Config, FopenFlags, MountOption, SessionACL};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Mount an Alces file system", version)]
@@ -65,6 +65,25 @@ fn mib(opt: &str, v: &str) -> Result<usize> {
     }
 }
 
+/// A cache timeout in seconds (`0.5`, `0` for none) given as a mount option.
+fn seconds(opt: &str, v: &str) -> Result<Duration> {
+    match v.parse::<f64>() {
+        Ok(s) if (0.0..=3600.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        _ => bail!("mount option {opt}: {v:?} is not a number of seconds (0 to 3600)"),
+    }
+}
+
+/// `mfscachemode`, as MooseFS names its modes: AUTO (the page cache is dropped when a file is
+/// opened), DIRECT or NO (no page cache: direct I/O), YES (the page cache is kept).
+fn cache_mode(v: &str) -> Result<FopenFlags> {
+    match v.to_ascii_uppercase().as_str() {
+        "AUTO" => Ok(FopenFlags::empty()),
+        "DIRECT" | "NO" | "NONE" | "NEVER" => Ok(FopenFlags::FOPEN_DIRECT_IO),
+        "YES" | "ALWAYS" => Ok(FopenFlags::FOPEN_KEEP_CACHE),
+        _ => bail!("mount option mfscachemode: {v:?} is not one of AUTO, DIRECT, NO, YES"),
+    }
+}
+
 fn parse(a: &Args) -> Result<Parsed> {
     let (masters, mnt) = match (&a.second, &a.masters) {
         (Some(mnt), _) => (a.first.clone(), mnt.clone()),
@@ -80,12 +99,20 @@ fn parse(a: &Args) -> Result<Parsed> {
         read_only: false,
         fs: FsOptions::default(),
     };
+    let mut ttl_given = false;
     for opt in a.options.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
         match opt.split_once('=') {
             Some(("password", v)) => p.password = Some(v.to_string()),
             Some(("subfolder" | "mfssubfolder", v)) => p.subfolder = v.to_string(),
             Some(("mfswritecachesize", v)) => p.fs.write_budget = mib("mfswritecachesize", v)?,
             Some(("mfsreadaheadsize", v)) => p.fs.read_budget = mib("mfsreadaheadsize", v)?,
+            Some((key @ ("mfsattrcacheto" | "mfsentrycacheto"), v)) => {
+                // One TTL covers entries and attributes: the shorter one given applies.
+                let ttl = seconds(key, v)?;
+                p.fs.attr_ttl = if ttl_given { p.fs.attr_ttl.min(ttl) } else { ttl };
+                ttl_given = true;
+            }
+            Some(("mfscachemode", v)) => p.fs.open_flags = cache_mode(v)?,
             None if opt == "meta" || opt == "mfsmeta" => p.meta = true,
             None if opt == "ro" => p.read_only = true,
             None if [
@@ -222,6 +249,11 @@ mod tests {
 
     #[test]
     fn mount_options_set_the_budgets_and_bad_ones_are_named() {
+        let p =
+            parsed(&["/mnt", "-H", "a:1", "-o", "mfsattrcacheto=0.5,mfsentrycacheto=0,mfscachemode=direct"]).unwrap();
+        assert_eq!((p.fs.attr_ttl, p.fs.open_flags), (Duration::ZERO, FopenFlags::FOPEN_DIRECT_IO));
+        let e = parsed(&["/mnt", "-H", "a:1", "-o", "mfscachemode=sometimes"]).err().unwrap().to_string();
+        assert!(e.contains("mfscachemode") && e.contains("sometimes"), "{e}");
         let p = parsed(&["/mnt", "-H", "a:1,b:2", "-o", "mfswritecachesize=64,mfsreadaheadsize=32,ro"]).unwrap();
         assert_eq!(p.masters, ["a:1", "b:2"]);
         assert_eq!((p.fs.write_budget, p.fs.read_budget, p.read_only), (64 << 20, 32 << 20, true));
