@@ -315,12 +315,15 @@ pub fn run(c: &mut Cluster, history: &History, faults: &[String], total: Duratio
 }
 
 fn one_fault(c: &mut Cluster, history: &History, name: &str, hold: Duration) {
+    let began = std::time::Instant::now();
     match start(c, name) {
         Ok((desc, heal_with)) => {
-            tracing::info!(fault = name, "{desc}");
+            tracing::info!(fault = name, took = ?began.elapsed(), "{desc}");
             history.record(NEMESIS, Kind::Info, "start", json!({ "fault": name, "detail": desc }), None);
             crate::signals::sleep(hold);
+            let healing = std::time::Instant::now();
             let r = heal(c, &heal_with);
+            tracing::info!(fault = name, took = ?healing.elapsed(), "healed");
             if let Err(e) = &r {
                 tracing::warn!(fault = name, "healing failed: {e:#}");
             }

@@ -116,14 +116,19 @@ impl Master {
         Ok(ClientReply::ChunkLocations { file_size: file.size, chunk, locations })
     }
 
-    /// Moves the replicas of a chunk to a new version with `make_order`, keeps those that
-    /// did it, and commits the new version.
+    /// Moves the replicas of a chunk to a new version with the `targets` orders, keeps those
+    /// that confirmed it, and commits the version they all hold; returns them and that version.
+    ///
+    /// A server that did not confirm may still have carried the order out (its answer was
+    /// lost): it would then hold the new version without the writes made under it, and count
+    /// as a valid copy once it is back. So when any server fails, the ones that confirmed are
+    /// moved on once more, past any version the silent one can hold, before the commit.
     async fn bump(
         &self,
         chunk: ChunkId,
         new_version: ChunkVersion,
         targets: Vec<(ChunkLocation, ChunkOrder)>,
-    ) -> Result<Vec<ChunkLocation>, ClientError> {
+    ) -> Result<(Vec<ChunkLocation>, ChunkVersion), ClientError> {
         if targets.is_empty() {
             return Err(ClientError::Unavailable(format!("no chunkserver can take chunk {}", chunk.hex())));
         }
@@ -131,29 +136,43 @@ impl Master {
             return Err(ClientError::Unavailable(format!("chunk {} is being changed", chunk.hex())));
         };
         let term = self.term();
-        let results = join_all(targets.into_iter().map(|(loc, op)| async move {
-            let res = self.topology.order(loc.id, term, op).await;
-            (loc, res)
-        }))
-        .await;
-        let mut chain = Vec::new();
-        for (loc, res) in results {
-            match res {
-                Ok(()) => {
-                    self.topology.set_replica_version(chunk, loc.id, new_version);
-                    chain.push(loc);
+        let (mut version, mut targets) = (new_version, targets);
+        loop {
+            let results = join_all(targets.into_iter().map(|(loc, op)| async move {
+                let res = self.topology.order(loc.id, term, op).await;
+                (loc, res)
+            }))
+            .await;
+            let mut chain = Vec::new();
+            let mut failed = false;
+            for (loc, res) in results {
+                match res {
+                    Ok(()) => {
+                        self.topology.set_replica_version(chunk, loc.id, version);
+                        chain.push(loc);
+                    }
+                    Err(e) => {
+                        failed = true;
+                        tracing::warn!(chunk = %chunk.hex(), server = %loc.id, error = %e, "chunk order failed");
+                    }
                 }
-                Err(e) => tracing::warn!(chunk = %chunk.hex(), server = %loc.id, error = %e, "chunk order failed"),
             }
+            if chain.is_empty() {
+                return Err(ClientError::Unavailable(format!(
+                    "no replica of chunk {} took version {version}",
+                    chunk.hex()
+                )));
+            }
+            if !failed {
+                self.propose(OpBody::SetChunkVersion { chunk, version }).await?;
+                return Ok((chain, version));
+            }
+            let next = ChunkVersion(self.next_version(chunk, version).0.max(version.0 + 1));
+            tracing::info!(chunk = %chunk.hex(), from = %version, to = %next, "moving the confirmed replicas past a version a silent server may hold");
+            targets =
+                chain.into_iter().map(|l| (l, ChunkOrder::SetVersion { chunk, from: version, to: next })).collect();
+            version = next;
         }
-        if chain.is_empty() {
-            return Err(ClientError::Unavailable(format!(
-                "no replica of chunk {} took version {new_version}",
-                chunk.hex()
-            )));
-        }
-        self.propose(OpBody::SetChunkVersion { chunk, version: new_version }).await?;
-        Ok(chain)
     }
 
     /// A version for `chunk` above `current` and above every version a server reported.
@@ -171,7 +190,7 @@ impl Master {
         }
         let to = self.next_version(chunk, version);
         let targets = copies.into_iter().map(|(l, from)| (l, ChunkOrder::SetVersion { chunk, from, to })).collect();
-        self.bump(chunk, to, targets).await?;
+        let (_, to) = self.bump(chunk, to, targets).await?;
         tracing::info!(chunk = %chunk.hex(), from = %version, to = %to, "replicas ahead of the metadata adopted");
         Ok(true)
     }
@@ -249,7 +268,7 @@ impl Master {
                 .map(|(l, from)| (l, ChunkOrder::SetVersion { chunk, from, to: new_version }))
                 .collect(),
         };
-        let chain = self.bump(chunk, new_version, targets).await?;
+        let (chain, new_version) = self.bump(chunk, new_version, targets).await?;
         self.leases.leases.lock().expect("lease lock").insert(
             chunk,
             Lease {
