@@ -205,13 +205,16 @@ impl Folders {
             .collect()
     }
 
-    /// The folder for a new chunk: the most free space among those not leaving.
-    pub fn choose(&self, used: &[u64]) -> Option<usize> {
-        self.space(used)
+    /// The folder for a new chunk, given each folder's (chunks, bytes): the most free space
+    /// (to the GiB) among those not leaving, then the fewest chunks.
+    pub fn choose(&self, usage: &[(u64, u64)]) -> Option<usize> {
+        let used: Vec<u64> = usage.iter().map(|(_, bytes)| *bytes).collect();
+        let chunks = |i: usize| usage.get(i).map_or(0, |(n, _)| *n);
+        self.space(&used)
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.leaving && s.avail > 0)
-            .max_by_key(|(_, s)| s.avail)
+            .max_by_key(|(i, s)| (s.avail >> 30, std::cmp::Reverse(chunks(*i))))
             .map(|(i, _)| i)
     }
 
@@ -324,7 +327,7 @@ mod tests {
         assert_eq!(found, vec![(1, 3, 0), (2, 1, 1)]);
         assert_eq!(scan.damaged.len(), 2, "{:?}", scan.damaged);
         assert!(scan.damaged.iter().any(|(p, _)| p == &bad));
-        assert_eq!(folders.choose(&[0, 0]), Some(0), "the folder marked for removal is never chosen");
+        assert_eq!(folders.choose(&[(0, 0), (0, 0)]), Some(0), "the folder marked for removal is never chosen");
     }
 
     #[test]
@@ -339,7 +342,7 @@ mod tests {
         assert_eq!((space[0].total, space[0].avail), (100 << 20, 70 << 20));
         // Keeping more free than the disk has leaves nothing.
         assert_eq!((space[1].total, space[1].avail), (0, 0));
-        assert_eq!(folders.choose(&[30 << 20, 0]), Some(0));
-        assert_eq!(folders.choose(&[100 << 20, 0]), None, "a full folder and one with nothing to give");
+        assert_eq!(folders.choose(&[(1, 30 << 20), (0, 0)]), Some(0));
+        assert_eq!(folders.choose(&[(3, 100 << 20), (0, 0)]), None, "a full folder and one with nothing to give");
     }
 }

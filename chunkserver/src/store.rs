@@ -315,18 +315,10 @@ impl Store {
         Ok(())
     }
 
-    /// The folder for a new replica: most free space (to the GiB), then fewest chunks.
+    /// The folder for a new replica ([`crate::folders::Folders::choose`]).
     async fn choose_folder(&self) -> Result<usize, DataError> {
         let usage = self.usage().await;
-        let used: Vec<u64> = usage.iter().map(|(_, bytes)| *bytes).collect();
-        self.folders
-            .space(&used)
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.leaving && s.avail > 0)
-            .max_by_key(|(i, s)| (s.avail >> 30, std::cmp::Reverse(usage[*i].0)))
-            .map(|(i, _)| i)
-            .ok_or_else(|| DataError::Io("no data folder has free space".into()))
+        self.folders.choose(&usage).ok_or_else(|| DataError::Io("no data folder has free space".into()))
     }
 
     /// Order: create an empty replica.

@@ -10,6 +10,12 @@ use anyhow::{bail, Context, Result};
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
     tracing::debug!(cmd = %format!("{program} {}", args.join(" ")), "running");
     let out = Command::new(program).args(args).output().with_context(|| format!("starting {program}"))?;
+    succeeded(program, args, &out)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An error naming the command line and its standard error, if it exited non-zero.
+fn succeeded(program: &str, args: &[&str], out: &std::process::Output) -> Result<()> {
     if !out.status.success() {
         bail!(
             "`{program} {}` failed ({}): {}",
@@ -18,7 +24,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(())
 }
 
 /// Like [`run`], for clean-up paths where a failure (the thing is already gone) is expected:
@@ -56,13 +62,5 @@ pub fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<()> {
         .with_context(|| format!("starting {program}"))?;
     child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    succeeded(program, args, &out)
 }

@@ -242,6 +242,22 @@ mod tests {
     }
 
     #[test]
+    fn bad_rebalancing_and_test_switch_values_name_their_key() {
+        let base = "ID = 2\nCLUSTER_SECRET = x\n";
+        let c = MasterConfig::from_settings(&settings(&format!("{base}ACCEPTABLE_PERCENTAGE_DIFFERENCE = 2.5\n")));
+        assert_eq!(c.unwrap().acceptable_difference_ppm, 25_000);
+        for bad in [
+            "ACCEPTABLE_PERCENTAGE_DIFFERENCE = 150",
+            "ACCEPTABLE_PERCENTAGE_DIFFERENCE = lots",
+            "TEST_UNSAFE_DISABLE_WAL = yes",
+        ] {
+            let e = MasterConfig::from_settings(&settings(&format!("{base}{bad}\n"))).expect_err(bad).to_string();
+            let key = bad.split(' ').next().unwrap();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn peers_with_and_without_ports() {
         let p = parse_peers("1@a, 2@b:1:2:3:4").unwrap();
         assert_eq!(p[&1].cs_addr, "a:9420");
