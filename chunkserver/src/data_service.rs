@@ -179,13 +179,14 @@ struct Downstream {
 /// Connects to another chunkserver's data port as a peer (chain forwarding, replication).
 pub async fn dial_peer(me: ChunkserverId, secret: &Secret, peer: &ChunkLocation) -> Result<Connection, DataError> {
     let broken = |reason: String| DataError::Chain { server: peer.id, reason };
-    let mut conn = Connection::connect(&peer.addr, alces_proto::DEFAULT_MAX_FRAME, Duration::from_secs(3))
+    // Peers are on the same network: a connection not made within a second is cut off, and
+    // the writer is better told at once (it gets a new chain) than after the TCP retries.
+    let mut conn = Connection::connect(&peer.addr, alces_proto::DEFAULT_MAX_FRAME, Duration::from_secs(1))
         .await
         .map_err(|e| broken(e.to_string()))?;
-    Handshake::new(LinkKind::ChunkserverChunkserver, format!("chunkserver {me}"), Some(secret.clone()))
-        .dial(&mut conn)
-        .await
-        .map_err(|e| broken(e.to_string()))?;
+    let mut hs = Handshake::new(LinkKind::ChunkserverChunkserver, format!("chunkserver {me}"), Some(secret.clone()));
+    hs.timeout = Duration::from_secs(2);
+    hs.dial(&mut conn).await.map_err(|e| broken(e.to_string()))?;
     Ok(conn)
 }
 
@@ -199,7 +200,7 @@ async fn open_downstream(
     let broken = |reason: String| DataError::Chain { server: next.id, reason };
     let mut conn = dial_peer(cfg.id, &cfg.secret, next).await?;
     let start = PeerDataRequest::Chain(DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec() });
-    match conn.call::<_, PeerDataReply>(&start, Duration::from_secs(10)).await {
+    match conn.call::<_, PeerDataReply>(&start, Duration::from_secs(5)).await {
         Ok(PeerDataReply::Chain(DataReply::WriteReady)) => {}
         Ok(PeerDataReply::Chain(DataReply::WriteFailed { error, .. }))
         | Ok(PeerDataReply::Chain(DataReply::Error(error))) => {

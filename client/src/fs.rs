@@ -6,6 +6,13 @@
 //! `fsync`, `close`, or when a file's buffer is full; reads see buffered data (a file's buffer
 //! is written out before it is read). Sequential reads are served from a read-ahead window.
 //! Attributes and entries are cached by the kernel for [`Options::attr_ttl`].
+//!
+//! A write-out that fails keeps its data buffered: the error goes to the call that asked for
+//! it, and the next `flush` or `fsync` of the file (from any descriptor) tries again, so an
+//! `fsync` never succeeds while bytes written before it are on no chunkserver. (A `close` in
+//! a forked child, for one, sends a flush of its own; if that one failed and dropped the
+//! data, the parent's `fsync` would find nothing to do and succeed.) The buffer goes when
+//! the last descriptor of the file is released.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -63,6 +70,16 @@ impl Default for Options {
             masterinfo: String::new(),
         }
     }
+}
+
+/// A file's buffered writes, and the end of the furthest byte written through this mount,
+/// readable without waiting for a write-out in progress (which holds the buffer's lock): an
+/// attribute reply must never tell the kernel a size below bytes it has accepted, or its next
+/// `O_APPEND` write would land on them.
+#[derive(Default)]
+struct DirtyFile {
+    buf: tokio::sync::Mutex<Dirty>,
+    end: AtomicU64,
 }
 
 /// Buffered writes of one file.
@@ -146,7 +163,7 @@ struct Inner {
     master: MasterClient,
     data: DataPath,
     opts: Options,
-    dirty: Mutex<HashMap<Inode, Arc<tokio::sync::Mutex<Dirty>>>>,
+    dirty: Mutex<HashMap<Inode, Arc<DirtyFile>>>,
     dirty_bytes: AtomicUsize,
     ahead_bytes: Arc<AtomicUsize>,
     handles: Mutex<HashMap<u64, Arc<Handle_>>>,
@@ -280,9 +297,7 @@ impl Inner {
     /// The size a file has once its buffered writes are out.
     fn with_dirty_size(&self, mut a: Attr) -> Attr {
         if let Some(d) = self.dirty.lock().expect("dirty lock").get(&a.inode) {
-            if let Ok(d) = d.try_lock() {
-                a.size = a.size.max(d.max_end);
-            }
+            a.size = a.size.max(d.end.load(Ordering::Acquire));
         }
         a
     }
@@ -291,31 +306,36 @@ impl Inner {
     async fn cut(&self, inode: Inode, size: u64) {
         let d = self.dirty.lock().expect("dirty lock").get(&inode).cloned();
         if let Some(d) = d {
-            let mut d = d.lock().await;
-            let before = d.bytes;
-            d.cut(size);
-            self.dirty_bytes.fetch_sub(before - d.bytes, Ordering::Relaxed);
+            let mut buf = d.buf.lock().await;
+            let before = buf.bytes;
+            buf.cut(size);
+            d.end.store(buf.max_end, Ordering::Release);
+            self.dirty_bytes.fetch_sub(before - buf.bytes, Ordering::Relaxed);
         }
     }
 
-    fn dirty_of(&self, inode: Inode) -> Arc<tokio::sync::Mutex<Dirty>> {
+    fn dirty_of(&self, inode: Inode) -> Arc<DirtyFile> {
         self.dirty.lock().expect("dirty lock").entry(inode).or_default().clone()
     }
 
-    /// Writes out a file's buffered data, chunk by chunk.
+    /// Writes out a file's buffered data.
     async fn flush(&self, inode: Inode) -> Result<(), Errno> {
         let d = self.dirty.lock().expect("dirty lock").get(&inode).cloned();
         let Some(d) = d else { return Ok(()) };
-        let mut d = d.lock().await;
-        if d.extents.is_empty() {
+        let mut buf = d.buf.lock().await;
+        self.write_out(inode, &mut buf).await
+    }
+
+    /// Writes out `buf` chunk by chunk, the chunks in parallel. On success the buffer is
+    /// empty; on failure it is left as it was (chunks already written are written again next
+    /// time, which is harmless) and the error returned.
+    async fn write_out(&self, inode: Inode, buf: &mut Dirty) -> Result<(), Errno> {
+        if buf.extents.is_empty() {
             return Ok(());
         }
-        let extents = std::mem::take(&mut d.extents);
-        let size = d.max_end;
-        let bytes = std::mem::take(&mut d.bytes);
-        // Group pieces by chunk.
+        let size = buf.max_end;
         let mut by_chunk: BTreeMap<u32, Vec<(u32, &[u8])>> = BTreeMap::new();
-        for (off, data) in &extents {
+        for (off, data) in &buf.extents {
             let mut pos = 0usize;
             while pos < data.len() {
                 let at = off + pos as u64;
@@ -329,30 +349,34 @@ impl Inner {
             by_chunk.iter().map(|(index, pieces)| self.data.write_chunk(inode, *index, pieces, size)),
         )
         .await;
-        self.dirty_bytes.fetch_sub(bytes, Ordering::Relaxed);
         if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+            tracing::warn!(inode = %inode, bytes = buf.bytes, error = %e, "write-out failed; the data stays buffered");
             return Err(errno(e));
         }
+        buf.extents.clear();
+        self.dirty_bytes.fetch_sub(std::mem::take(&mut buf.bytes), Ordering::Relaxed);
         Ok(())
     }
 
+    /// Buffers a write. A buffer that is full is written out first; if that fails the write
+    /// fails and nothing of it is kept, so memory stays within the budget.
     async fn write(&self, inode: Inode, offset: u64, data: Vec<u8>) -> Result<u32, Errno> {
         let len = data.len() as u32;
         let d = self.dirty_of(inode);
-        let full = {
-            let mut d = d.lock().await;
-            let before = d.bytes;
-            d.add(offset, &data);
-            let grown = d.bytes.saturating_sub(before);
-            self.dirty_bytes.fetch_add(grown, Ordering::Relaxed);
-            if d.bytes < before {
-                self.dirty_bytes.fetch_sub(before - d.bytes, Ordering::Relaxed);
-            }
-            d.bytes >= self.opts.flush_at || self.dirty_bytes.load(Ordering::Relaxed) >= self.opts.write_budget
-        };
+        let mut buf = d.buf.lock().await;
+        let full = buf.bytes + data.len() > self.opts.flush_at
+            || self.dirty_bytes.load(Ordering::Relaxed) + data.len() > self.opts.write_budget;
         if full {
-            self.flush(inode).await?;
+            self.write_out(inode, &mut buf).await?;
         }
+        let before = buf.bytes;
+        buf.add(offset, &data);
+        if buf.bytes >= before {
+            self.dirty_bytes.fetch_add(buf.bytes - before, Ordering::Relaxed);
+        } else {
+            self.dirty_bytes.fetch_sub(before - buf.bytes, Ordering::Relaxed);
+        }
+        d.end.fetch_max(buf.max_end, Ordering::AcqRel);
         Ok(len)
     }
 
@@ -726,7 +750,16 @@ impl Filesystem for AlcesFs {
                 .values()
                 .any(|h| matches!(&**h, Handle_::File { inode: i, .. } if *i == inode));
             if !still_open {
-                fs.dirty.lock().expect("dirty lock").remove(&inode);
+                // Bytes a failed write-out kept go with the last descriptor (its close was
+                // told of the failure).
+                let gone = fs.dirty.lock().expect("dirty lock").remove(&inode);
+                if let Some(d) = gone {
+                    let left = d.buf.lock().await.bytes;
+                    if left > 0 {
+                        tracing::warn!(inode = %inode, bytes = left, "buffered data dropped at release after a failed write-out");
+                        fs.dirty_bytes.fetch_sub(left, Ordering::Relaxed);
+                    }
+                }
             }
             reply_empty(reply, r);
         });

@@ -83,6 +83,14 @@ type Pending = Arc<StdMutex<Option<HashMap<u64, oneshot::Sender<Result<ClientRep
 /// without closing the connection, e.g. a leader cut off from its peers.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// While calls wait, a link that has been silent this long is sent a `MasterInfo` (answered
+/// at once by any master that runs)...
+const PING_AFTER: Duration = Duration::from_secs(1);
+/// ...and one silent this long is given up: its calls are retried elsewhere. A leader that
+/// was paused or cut off is replaced by the others within a couple of seconds; without this
+/// its clients would wait for [`REPLY_TIMEOUT`].
+const SILENT_LIMIT: Duration = Duration::from_secs(4);
+
 /// One live connection to a master.
 struct Link {
     tx: mpsc::UnboundedSender<Request>,
@@ -103,6 +111,8 @@ struct State {
     /// addresses given at start that it did not name (so a mount follows membership changes).
     peers: Vec<String>,
     next_peer: usize,
+    /// A master that just stopped answering: the next connection tries the others first.
+    avoid: Option<String>,
 }
 
 /// A registered session; cheap to clone.
@@ -142,6 +152,7 @@ impl MasterClient {
                 generation: 0,
                 peers,
                 next_peer: 0,
+                avoid: None,
             })),
             next_id: Arc::new(AtomicU64::new(1)),
             in_flight: Arc::default(),
@@ -282,8 +293,13 @@ impl MasterClient {
         let addr = match st.leader_hint.take() {
             Some(a) => a,
             None => {
-                let a = st.peers[st.next_peer % st.peers.len()].clone();
+                let avoid = st.avoid.take();
+                let mut a = st.peers[st.next_peer % st.peers.len()].clone();
                 st.next_peer += 1;
+                if st.peers.len() > 1 && avoid.as_ref() == Some(&a) {
+                    a = st.peers[st.next_peer % st.peers.len()].clone();
+                    st.next_peer += 1;
+                }
                 a
             }
         };
@@ -321,19 +337,23 @@ impl MasterClient {
         let mut conn = Connection::connect(addr, alces_proto::DEFAULT_MAX_FRAME, self.opts.connect_timeout)
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
-        Handshake::new(LinkKind::ClientMaster, &self.opts.client_name, None)
-            .dial(&mut conn)
-            .await
-            .map_err(|e| format!("{addr}: {e}"))?;
+        let mut hs = Handshake::new(LinkKind::ClientMaster, &self.opts.client_name, None);
+        // A stopped master accepts connections (the kernel does) but never answers.
+        hs.timeout = self.opts.connect_timeout;
+        hs.dial(&mut conn).await.map_err(|e| format!("{addr}: {e}"))?;
         let (mut reader, writer) = conn.split();
         let (tx, rx) = mpsc::unbounded_channel::<Request>();
         let pending: Pending = Arc::new(StdMutex::new(Some(HashMap::new())));
         tokio::spawn(writer.pump(rx));
         let p = pending.clone();
         let master = addr.to_string();
-        tokio::spawn(async move {
+        let heard = Arc::new(StdMutex::new(Instant::now()));
+        let heard_by_reader = heard.clone();
+        let reading = tokio::spawn(async move {
             loop {
-                match reader.recv::<Reply>().await {
+                let frame = reader.recv::<Reply>().await;
+                *heard_by_reader.lock().expect("heard lock") = Instant::now();
+                match frame {
                     Ok(Some(reply)) => {
                         let waiting = p.lock().expect("pending lock").as_mut().and_then(|p| p.remove(&reply.id));
                         if let Some(tx) = waiting {
@@ -353,7 +373,47 @@ impl MasterClient {
             // see the link closed.
             p.lock().expect("pending lock").take();
         });
+        tokio::spawn(self.clone().watch(addr.to_string(), tx.downgrade(), pending.clone(), heard, reading));
         Ok(Link { tx, pending, addr: addr.to_string(), generation })
+    }
+
+    /// Keeps an eye on a link while calls wait on it: pings it when it is silent, and gives it
+    /// up (failing its calls, which are then retried elsewhere) when it stays silent.
+    async fn watch(
+        self,
+        addr: String,
+        tx: mpsc::WeakUnboundedSender<Request>,
+        pending: Pending,
+        heard: Arc<StdMutex<Instant>>,
+        reading: tokio::task::JoinHandle<()>,
+    ) {
+        loop {
+            tokio::time::sleep(PING_AFTER / 2).await;
+            // The link was replaced (its sender is gone) or closed: nothing to watch.
+            let Some(tx) = tx.upgrade() else { return };
+            let waiting = match pending.lock().expect("pending lock").as_ref() {
+                None => return,
+                Some(p) => !p.is_empty(),
+            };
+            let silent = heard.lock().expect("heard lock").elapsed();
+            if !waiting || silent < PING_AFTER {
+                continue;
+            }
+            if silent >= SILENT_LIMIT {
+                tracing::warn!(master = %addr, ?silent, "the master stopped answering; trying the others");
+                reading.abort();
+                pending.lock().expect("pending lock").take();
+                // After failing the calls: a registration waiting on this link holds the state.
+                self.state.lock().await.avoid = Some(addr);
+                return;
+            }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let ping =
+                Request { id, low_water: self.low_water(id), creds: Creds::root(), body: ClientRequest::MasterInfo };
+            if tx.send(ping).is_err() {
+                return;
+            }
+        }
     }
 
     async fn register(&self, link: &Link, session: Option<SessionId>) -> Result<SessionView, Retry> {

@@ -312,3 +312,36 @@ fn a_workload_keeps_running_while_the_leader_is_killed() -> Result<()> {
     eprintln!("{files} files written and verified across 2 leader kills");
     Ok(())
 }
+
+/// A write-out that fails (every chunkserver down) keeps its data. The failure reaches the
+/// call that asked for the write-out (here the close of a second descriptor, as the close in
+/// a forked child would be), and a later `fsync` of the first descriptor, once the
+/// chunkservers are back, writes the data: it must not succeed with nothing to do.
+#[test]
+fn a_failed_write_out_keeps_its_data_for_the_next_fsync() -> Result<()> {
+    let dir = alces_testkit::temp_dir("alces-mount-keep-");
+    let mnt = dir.path().join("mnt");
+    let mut cluster = start(dir.path(), None, None, 30)?;
+    cluster.mount(&mnt, false, &["-o".into(), "retrytime=3".into()])?;
+    let path = mnt.join("kept");
+    let mut f = fs::File::create(&path)?;
+    f.write_all(b"first;")?;
+    f.sync_all()?;
+    f.write_all(b"second;")?;
+    for id in 1..=3 {
+        cluster.kill_chunkserver(id, Signal::SIGKILL)?;
+    }
+    let dup = nix::unistd::dup(&f)?;
+    let closed = nix::unistd::close(dup);
+    ensure!(closed == Err(nix::errno::Errno::EIO), "the close whose write-out failed returned {closed:?}");
+    for id in 1..=3 {
+        cluster.start_chunkserver(id)?;
+    }
+    cluster.wait_chunkservers(3, Duration::from_secs(60))?;
+    f.write_all(b"third;")?;
+    f.sync_all().context("fsync once the chunkservers are back")?;
+    drop(f);
+    let got = fs::read(&path)?;
+    ensure!(got == b"first;second;third;", "read back {:?}", String::from_utf8_lossy(&got));
+    Ok(())
+}

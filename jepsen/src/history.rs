@@ -57,6 +57,18 @@ impl Pair {
     }
 }
 
+/// Where the records of client operations go: the run's [`History`], or (in the clients'
+/// process) the pipe to the suite, which records them in the history as they arrive.
+pub trait Recorder: Send + Sync {
+    fn record(&self, process: i64, kind: Kind, f: &str, value: Value, error: Option<String>);
+}
+
+impl Recorder for History {
+    fn record(&self, process: i64, kind: Kind, f: &str, value: Value, error: Option<String>) {
+        History::record(self, process, kind, f, value, error);
+    }
+}
+
 pub struct History {
     start: Instant,
     inner: Mutex<Inner>,

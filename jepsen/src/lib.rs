@@ -16,4 +16,5 @@ pub mod report;
 pub mod run;
 pub mod sh;
 pub mod signals;
+pub mod worker;
 pub mod workload;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use alces_jepsen::{clean, history, nemesis, report, run, signals, workload};
+use alces_jepsen::{clean, history, nemesis, report, run, signals, worker, workload};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -28,6 +28,18 @@ enum Cmd {
     },
     /// Remove processes, mounts, namespaces, bridge and firewall chain left by a crashed run.
     Clean,
+    /// The clients of a run, in a process of their own (started by `run`).
+    #[command(hide = true)]
+    Clients {
+        #[arg(long)]
+        workload: String,
+        #[arg(long)]
+        bulk_mib: usize,
+        #[arg(long)]
+        clients: usize,
+        #[arg(long = "mount", required = true)]
+        mounts: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -131,6 +143,9 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Cmd::Check { workload, dir } => check_cmd(&workload, &dir),
+        Cmd::Clients { workload, bulk_mib, clients, mounts } => {
+            worker::serve(&worker::Plan { workload, bulk_mib, clients, mounts }).map(|_| true)
+        }
         Cmd::Run(a) => signals::install().context("installing signal handlers").and_then(|_| run_cmd(a)),
     };
     match result {

@@ -1,18 +1,19 @@
 //! One run: cluster up, clients and nemesis, heal, recovery, final read, check, report, and
 //! the cluster torn down whatever happened.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::checker::{Verdict, FINAL_READ};
+use crate::checker::Verdict;
 use crate::cluster::{Cluster, Spec};
 use crate::history::{History, Kind};
 use crate::nemesis::{self, Schedule};
-use crate::workload::{self, Outcome, Workload};
+use crate::worker::{Plan, Worker};
+use crate::workload;
 use crate::{report, signals};
 
 #[derive(Debug, Clone)]
@@ -57,7 +58,8 @@ pub fn run(o: &Options) -> Result<Verdict> {
     let mounts: Vec<PathBuf> = cluster.mounts.iter().map(|m| m.path.clone()).collect();
     w.setup(&mounts[0]).context("preparing the workload's folders")?;
     tracing::info!(workload = w.name(), clients = o.clients, "clients start; nemesis: {:?}", o.nemeses);
-    let clients = workload::start(&w, &mounts, o.clients, &history)?;
+    let plan = Plan { workload: o.workload.clone(), bulk_mib: o.bulk_mib, clients: o.clients, mounts: mounts.clone() };
+    let mut clients = Worker::start(&plan, history.clone())?;
     nemesis::run(&mut cluster, &history, &o.nemeses, o.time, o.schedule);
     nemesis::heal_all(&mut cluster);
     signals::check()?;
@@ -73,14 +75,15 @@ pub fn run(o: &Options) -> Result<Verdict> {
         );
     }
     signals::sleep(AFTER_HEAL);
-    let stuck = clients.stop(STOP_GRACE);
+    let stuck = clients.stop(STOP_GRACE)?;
     if stuck > 0 {
         tracing::warn!("{stuck} clients still blocked in the file system");
     }
     signals::check()?;
     // Past every cache TTL of the mount that reads.
     signals::sleep(Duration::from_secs(2));
-    final_read(&w, &mounts[0], o.clients as i64, &history);
+    clients.final_read(o.clients as i64)?;
+    drop(clients);
     history.flush();
     let ops = history.ops();
     let mut verdict = w.check(&ops);
@@ -96,22 +99,4 @@ pub fn run(o: &Options) -> Result<Verdict> {
     report::write_html(&o.dir, &ops, &verdict, &title)?;
     drop(cluster);
     Ok(verdict)
-}
-
-/// Reads the whole state through `mnt` on a thread of its own, so that a cluster that never
-/// recovered makes the read fail after a while instead of hanging the run.
-fn final_read(w: &Arc<dyn Workload>, mnt: &Path, process: i64, history: &History) {
-    history.record(process, Kind::Invoke, FINAL_READ, json!(null), None);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (w2, mnt2) = (w.clone(), mnt.to_path_buf());
-    let _ = std::thread::Builder::new().name("final-read".into()).spawn(move || {
-        let _ = tx.send(w2.final_read(&mnt2));
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(Outcome::Ok(v)) => history.record(process, Kind::Ok, FINAL_READ, v, None),
-        Ok(Outcome::Fail(e)) | Ok(Outcome::Info(e)) => {
-            history.record(process, Kind::Fail, FINAL_READ, json!(null), Some(e))
-        }
-        Err(_) => history.record(process, Kind::Fail, FINAL_READ, json!(null), Some("timed out".into())),
-    };
 }

@@ -125,6 +125,24 @@ impl Master {
         client_error(self.node.not_leader())
     }
 
+    /// Whether this master leads and has heard from a quorum of the group within twice the
+    /// longest election timeout (by then the others have elected a new leader). A leader that
+    /// has not stops serving clients, so they look for the new one instead of waiting for
+    /// commits that cannot happen.
+    pub fn serving(&self) -> bool {
+        self.node.leads_with_quorum(Duration::from_millis(4 * self.config.election_timeout_ms))
+    }
+
+    /// Resolves once this master no longer serves (see [`Master::serving`]).
+    pub async fn stopped_serving(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !self.serving() {
+                return;
+            }
+        }
+    }
+
     /// The current Raft term.
     pub fn term(&self) -> u64 {
         self.node.metrics().current_term

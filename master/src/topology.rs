@@ -16,6 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long the leader waits for a chunkserver to carry out an order.
 pub const ORDER_TIMEOUT: Duration = Duration::from_secs(15);
+/// An order is given up sooner when its server has sent nothing (chunkservers send a
+/// heartbeat every 2 s) for this long: it is cut off or stopped, and a write lease waiting on
+/// it would stall every writer of the chunk.
+pub const ORDER_SILENCE: Duration = Duration::from_secs(5);
 
 /// One replica as reported by its chunkserver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,14 +337,25 @@ impl Topology {
             (order, done_rx)
         };
         let (order, done_rx) = rx;
-        match tokio::time::timeout(ORDER_TIMEOUT, done_rx).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(_)) => Err(format!("chunkserver {server} disconnected")),
-            Err(_) => {
-                self.lock().orders.remove(&order);
-                Err(format!("chunkserver {server} did not answer within {ORDER_TIMEOUT:?}"))
+        let silent = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let quiet = self.lock().servers.get(&server).map_or(ORDER_SILENCE, |s| s.last_seen.elapsed());
+                if quiet >= ORDER_SILENCE {
+                    return quiet;
+                }
             }
-        }
+        };
+        let failed = tokio::select! {
+            r = tokio::time::timeout(ORDER_TIMEOUT, done_rx) => match r {
+                Ok(Ok(res)) => return res,
+                Ok(Err(_)) => return Err(format!("chunkserver {server} disconnected")),
+                Err(_) => format!("chunkserver {server} did not answer within {ORDER_TIMEOUT:?}"),
+            },
+            quiet = silent => format!("chunkserver {server} has been silent for {quiet:.1?}"),
+        };
+        self.lock().orders.remove(&order);
+        Err(failed)
     }
 
     pub fn order_done(&self, order: u64, result: Result<(), String>) {

@@ -244,6 +244,16 @@ impl<M: StateMachine> RaftNode<M> {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
+    /// Whether this node leads and a quorum of the group acknowledged something it sent
+    /// within the last `within`. A leader cut off from its peers goes on believing it leads
+    /// until it hears of a newer term; this tells it that it can no longer commit.
+    pub fn leads_with_quorum(&self, within: Duration) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader == Some(self.id)
+            && m.millis_since_quorum_ack.is_none_or(|ms| u128::from(ms) <= within.as_millis())
+    }
+
     /// A [`Error::NotLeader`] pointing at the current leader.
     pub fn not_leader(&self) -> Error {
         let leader = self.leader();

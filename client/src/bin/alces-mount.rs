@@ -6,8 +6,10 @@
 //! ```
 //! Options: `-o password=PASS`, `-o subfolder=DIR` (as -S), `-o meta`, `-o ro`,
 //! `-o mfswritecachesize=MiB` (buffered writes of all files, default 256),
-//! `-o mfsreadaheadsize=MiB` (read-ahead of all open files, default 256), and the
-//! standard mount options (`rw`, `nodev`, `nosuid`, `defaults`, `_netdev` ...) which are
+//! `-o mfsreadaheadsize=MiB` (read-ahead of all open files, default 256),
+//! `-o mfsattrcacheto=SEC`, `-o mfsentrycacheto=SEC`, `-o mfscachemode=AUTO|DIRECT|NO|YES`,
+//! `-o retrytime=SEC` (how long an operation keeps being retried through failovers and
+//! outages before it fails with EIO, default 60), and the standard mount options (`rw`, `nodev`, `nosuid`, `defaults`, `_netdev` ...) which are
 //! accepted. Without `-f` the mount runs in the background once it is mounted.
 
 use std::path::{Path, PathBuf};
@@ -55,6 +57,7 @@ struct Parsed {
     password: Option<String>,
     read_only: bool,
     fs: FsOptions,
+    retry_for: Duration,
 }
 
 /// A size in MiB given as a mount option.
@@ -98,6 +101,7 @@ fn parse(a: &Args) -> Result<Parsed> {
         password: std::env::var("ALCES_PASSWORD").ok(),
         read_only: false,
         fs: FsOptions::default(),
+        retry_for: Duration::from_secs(60),
     };
     let mut ttl_given = false;
     for opt in a.options.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
@@ -113,6 +117,12 @@ fn parse(a: &Args) -> Result<Parsed> {
                 ttl_given = true;
             }
             Some(("mfscachemode", v)) => p.fs.open_flags = cache_mode(v)?,
+            Some(("retrytime", v)) => {
+                p.retry_for = seconds("retrytime", v)?;
+                if p.retry_for < Duration::from_secs(1) {
+                    bail!("mount option retrytime: {v:?} is below 1 second");
+                }
+            }
             None if opt == "meta" || opt == "mfsmeta" => p.meta = true,
             None if opt == "ro" => p.read_only = true,
             None if [
@@ -149,6 +159,7 @@ fn main() -> Result<()> {
     opts.meta = p.meta;
     opts.password = p.password.clone();
     opts.client_name = format!("{host}:{}", p.mountpoint.display());
+    opts.retry_for = p.retry_for;
     let master = rt.block_on(MasterClient::connect(opts)).context("registering with the masters")?;
     let mut mount_opts = vec![
         MountOption::FSName(format!("alces:{}", p.masters.join(","))),
@@ -261,6 +272,10 @@ mod tests {
         assert_eq!((p.mountpoint, p.password.as_deref()), (PathBuf::from("/mnt"), Some("x")));
         let e = parsed(&["/mnt", "-H", "a:1", "-o", "mfswritecachesize=lots"]).err().unwrap().to_string();
         assert!(e.contains("mfswritecachesize") && e.contains("lots"), "{e}");
+        let p = parsed(&["/mnt", "-H", "a:1", "-o", "retrytime=5"]).unwrap();
+        assert_eq!(p.retry_for, Duration::from_secs(5));
+        let e = parsed(&["/mnt", "-H", "a:1", "-o", "retrytime=0"]).err().unwrap().to_string();
+        assert!(e.contains("retrytime"), "{e}");
         let e = parsed(&["/mnt", "-H", "a:1", "-o", "bogus"]).err().unwrap().to_string();
         assert!(e.contains("bogus"), "{e}");
     }

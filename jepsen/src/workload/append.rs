@@ -3,7 +3,7 @@
 //! appear that was never written.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -44,7 +44,6 @@ pub fn parse(text: &str) -> (Vec<(usize, u64)>, usize) {
 struct AppendClient {
     p: usize,
     path: PathBuf,
-    file: Option<File>,
     seq: u64,
 }
 
@@ -54,23 +53,18 @@ impl Client for AppendClient {
         ("append".into(), json!({ "seq": self.seq }))
     }
 
+    /// Opens the file, appends one record, fsyncs and closes: each append starts from the
+    /// size the cluster gives at open, so a size the cluster forgot shows (a descriptor kept
+    /// open would go on appending at the end the kernel remembers).
     fn invoke(&mut self, _f: &str, value: &Value) -> Outcome {
         let seq = value["seq"].as_u64().unwrap_or(0);
-        if self.file.is_none() {
-            match OpenOptions::new().append(true).create(true).open(&self.path) {
-                Ok(f) => self.file = Some(f),
-                Err(e) => return Outcome::Fail(format!("open: {}", errno(&e))),
-            }
-        }
-        let f = self.file.as_mut().expect("just opened");
-        let res = f.write_all(record(self.p, seq).as_bytes()).and_then(|_| f.sync_all());
-        match res {
+        let mut f = match OpenOptions::new().append(true).create(true).open(&self.path) {
+            Ok(f) => f,
+            Err(e) => return Outcome::Fail(format!("open: {}", errno(&e))),
+        };
+        match f.write_all(record(self.p, seq).as_bytes()).and_then(|_| f.sync_all()) {
             Ok(()) => Outcome::Ok(value.clone()),
-            Err(e) => {
-                // A fresh descriptor after an error: the old one may carry a sticky error.
-                self.file = None;
-                Outcome::Info(errno(&e))
-            }
+            Err(e) => Outcome::Info(errno(&e)),
         }
     }
 }
@@ -86,7 +80,7 @@ impl Workload for Append {
     }
 
     fn client(&self, p: usize, mnt: &Path) -> Box<dyn Client> {
-        Box::new(AppendClient { p, path: mnt.join(DIR).join(format!("p{p}.log")), file: None, seq: 0 })
+        Box::new(AppendClient { p, path: mnt.join(DIR).join(format!("p{p}.log")), seq: 0 })
     }
 
     fn final_read(&self, mnt: &Path) -> Outcome {

@@ -20,7 +20,7 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use crate::checker::Verdict;
-use crate::history::{History, Kind, Op};
+use crate::history::{Kind, Op, Recorder};
 
 /// How an operation ended.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ pub fn errno(e: &std::io::Error) -> String {
 }
 
 /// Performs one operation and records its invocation and completion.
-pub fn step(history: &History, p: i64, client: &mut dyn Client) {
+pub fn step(history: &dyn Recorder, p: i64, client: &mut dyn Client) {
     let (f, value) = client.next_op();
     history.record(p, Kind::Invoke, &f, value.clone(), None);
     let (kind, v, err) = match client.invoke(&f, &value) {
@@ -98,7 +98,7 @@ pub struct Clients {
 }
 
 /// Starts `n` clients of `w`, spread over `mounts`.
-pub fn start(w: &Arc<dyn Workload>, mounts: &[PathBuf], n: usize, history: &Arc<History>) -> Result<Clients> {
+pub fn start(w: &Arc<dyn Workload>, mounts: &[PathBuf], n: usize, history: &Arc<dyn Recorder>) -> Result<Clients> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for p in 0..n {
@@ -107,7 +107,7 @@ pub fn start(w: &Arc<dyn Workload>, mounts: &[PathBuf], n: usize, history: &Arc<
         threads.push(std::thread::Builder::new().name(format!("client-{p}")).spawn(move || {
             let mut c = w.client(p, &mnt);
             while !stop.load(Ordering::SeqCst) {
-                step(&history, p as i64, c.as_mut());
+                step(history.as_ref(), p as i64, c.as_mut());
                 std::thread::sleep(w.think());
             }
         })?);

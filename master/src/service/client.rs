@@ -96,7 +96,14 @@ async fn connection(m: Arc<Master>, stream: tokio::net::TcpStream, peer: SocketA
         tokio::spawn(async move {
             let op: &'static str = (&req.body).into();
             let start = Instant::now();
-            let body = handle(&m, &state, req.id, req.low_water, req.creds, req.body).await;
+            // A request waiting on a leader that lost its quorum is answered `NotLeader` (with
+            // no leader named): the client sends it again, with the same id, elsewhere, and
+            // the new leader applies it at most once.
+            let body = tokio::select! {
+                biased;
+                b = handle(&m, &state, req.id, req.low_water, req.creds, req.body) => b,
+                _ = m.stopped_serving() => Err(ClientError::NotLeader { leader_id: None, leader_addr: None }),
+            };
             m.metrics.request(op, body.is_ok(), start.elapsed());
             let _ = tx.send(Reply { id: req.id, body });
             drop(permit);
@@ -169,6 +176,9 @@ async fn handle(m: &Arc<Master>, conn: &Conn, id: u64, low_water: u64, creds: Cr
     }
     if !m.is_leader() {
         return Err(m.not_leader());
+    }
+    if !m.serving() {
+        return Err(ClientError::NotLeader { leader_id: None, leader_addr: None });
     }
     if let ClientRequest::Register(r) = req {
         return register(m, conn, r).await;
