@@ -92,30 +92,38 @@ struct Dirty {
 }
 
 impl Dirty {
+    /// Buffers `data` at `offset`, merged with every extent it overlaps or touches. The
+    /// first of those (when it starts at or before `offset`) grows in place, so sequential
+    /// writes append to one buffer instead of copying it again each time.
     fn add(&mut self, offset: u64, data: &[u8]) {
         let end = offset + data.len() as u64;
-        // Merge with every extent that overlaps or touches [offset, end).
-        let mut start = offset;
-        let mut merged: Vec<u8> = Vec::new();
         let touching: Vec<u64> =
             self.extents.range(..=end).filter(|(o, d)| **o + d.len() as u64 >= offset).map(|(o, _)| *o).collect();
-        let mut pieces = Vec::new();
-        for o in touching {
-            let d = self.extents.remove(&o).expect("present");
+        let base = touching.first().copied().filter(|o| *o <= offset);
+        let (start, mut merged) = match base {
+            Some(o) => {
+                let d = self.extents.remove(&o).expect("present");
+                self.bytes -= d.len();
+                (o, d)
+            }
+            None => (offset, Vec::new()),
+        };
+        for o in touching.into_iter().filter(|o| Some(*o) != base) {
+            let Some(d) = self.extents.remove(&o) else { continue };
             self.bytes -= d.len();
-            pieces.push((o, d));
-        }
-        if let Some((first, _)) = pieces.first() {
-            start = start.min(*first);
-        }
-        let last_end = pieces.iter().map(|(o, d)| o + d.len() as u64).max().unwrap_or(end).max(end);
-        merged.resize((last_end - start) as usize, 0);
-        for (o, d) in &pieces {
             let at = (o - start) as usize;
-            merged[at..at + d.len()].copy_from_slice(d);
+            if merged.len() < at + d.len() {
+                merged.resize(at + d.len(), 0);
+            }
+            merged[at..at + d.len()].copy_from_slice(&d);
         }
         let at = (offset - start) as usize;
-        merged[at..at + data.len()].copy_from_slice(data);
+        if merged.len() < at {
+            merged.resize(at, 0);
+        }
+        let inside = (merged.len() - at).min(data.len());
+        merged[at..at + inside].copy_from_slice(&data[..inside]);
+        merged.extend_from_slice(&data[inside..]);
         self.bytes += merged.len();
         self.max_end = self.max_end.max(end);
         self.extents.insert(start, merged);
@@ -140,8 +148,21 @@ impl Dirty {
 }
 
 enum Handle_ {
-    File { inode: Inode, read_ahead: Mutex<Option<Ahead>>, last_end: AtomicU64 },
+    File { inode: Inode, read_ahead: Mutex<Option<Ahead>>, prefetch: Mutex<Option<Prefetch>>, last_end: AtomicU64 },
     Dir { entries: Vec<(Vec<u8>, u64, FileType)> },
+}
+
+/// The next read-ahead window of a handle, being fetched while the reader consumes the
+/// current one (aborted when dropped).
+struct Prefetch {
+    start: u64,
+    task: tokio::task::JoinHandle<Result<Vec<u8>, Status>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Bytes a handle fetched ahead of the reader, counted against the mount's read budget while
@@ -380,15 +401,27 @@ impl Inner {
         Ok(len)
     }
 
-    async fn read(&self, h: &Handle_, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let Handle_::File { inode, read_ahead, last_end } = h else { return Err(Errno::EISDIR) };
-        self.flush(*inode).await?;
+    /// Reads through the handle's read-ahead. A sequential reader gets a window of
+    /// [`Options::read_ahead`] bytes at a time, and once it is half way through one, the next
+    /// window is fetched in the background, so the reader rarely waits for the chunkservers.
+    async fn read(self: &Arc<Self>, h: &Handle_, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let Handle_::File { inode, read_ahead, prefetch, last_end } = h else { return Err(Errno::EISDIR) };
+        let inode = *inode;
+        self.flush(inode).await?;
         let end = offset + size as u64;
-        if let Some(a) = &*read_ahead.lock().expect("read-ahead lock") {
-            if offset >= a.start && end <= a.start + a.buf.len() as u64 {
-                let at = (offset - a.start) as usize;
-                last_end.store(end, Ordering::Relaxed);
-                return Ok(a.buf[at..at + size as usize].to_vec());
+        if let Some(out) = self.from_window(read_ahead, prefetch, inode, offset, size) {
+            last_end.store(end, Ordering::Relaxed);
+            return Ok(out);
+        }
+        // The window fetched in the background, if it is the one this read needs.
+        let next = prefetch.lock().expect("prefetch lock").take();
+        if let Some(mut p) = next.filter(|p| p.start == offset) {
+            if let Ok(Ok(buf)) = (&mut p.task).await {
+                self.install(read_ahead, offset, buf);
+                if let Some(out) = self.from_window(read_ahead, prefetch, inode, offset, size) {
+                    last_end.store(end, Ordering::Relaxed);
+                    return Ok(out);
+                }
             }
         }
         // Drop this handle's old read-ahead before deciding whether the budget has room.
@@ -396,22 +429,60 @@ impl Inner {
         let sequential = last_end.load(Ordering::Relaxed) == offset;
         let room = self.ahead_bytes.load(Ordering::Relaxed) + self.opts.read_ahead <= self.opts.read_budget;
         let fetch = if sequential && room { (size as usize).max(self.opts.read_ahead) as u32 } else { size };
-        let data = self.data.read(*inode, offset, fetch).await.map_err(errno)?;
+        let data = self.data.read(inode, offset, fetch).await.map_err(errno)?;
         last_end.store(end, Ordering::Relaxed);
         let out = data[..data.len().min(size as usize)].to_vec();
         if data.len() > size as usize {
-            self.ahead_bytes.fetch_add(data.len(), Ordering::Relaxed);
-            let a = Ahead { start: offset, buf: data, held: self.ahead_bytes.clone() };
-            *read_ahead.lock().expect("read-ahead lock") = Some(a);
+            self.install(read_ahead, offset, data);
         }
         Ok(out)
     }
 
+    fn install(&self, read_ahead: &Mutex<Option<Ahead>>, start: u64, buf: Vec<u8>) {
+        self.ahead_bytes.fetch_add(buf.len(), Ordering::Relaxed);
+        *read_ahead.lock().expect("read-ahead lock") = Some(Ahead { start, buf, held: self.ahead_bytes.clone() });
+    }
+
+    /// The bytes of a read that the current window holds; past half of a full window, starts
+    /// fetching the next one.
+    fn from_window(
+        self: &Arc<Self>,
+        read_ahead: &Mutex<Option<Ahead>>,
+        prefetch: &Mutex<Option<Prefetch>>,
+        inode: Inode,
+        offset: u64,
+        size: u32,
+    ) -> Option<Vec<u8>> {
+        let (out, next) = {
+            let guard = read_ahead.lock().expect("read-ahead lock");
+            let a = guard.as_ref()?;
+            let (a_end, end) = (a.start + a.buf.len() as u64, offset + size as u64);
+            if offset < a.start || end > a_end {
+                return None;
+            }
+            let at = (offset - a.start) as usize;
+            let full = a.buf.len() >= self.opts.read_ahead;
+            let past_half = (end - a.start) * 2 >= a.buf.len() as u64;
+            (a.buf[at..at + size as usize].to_vec(), (full && past_half).then_some(a_end))
+        };
+        if let Some(start) = next {
+            let mut p = prefetch.lock().expect("prefetch lock");
+            let room = self.ahead_bytes.load(Ordering::Relaxed) + 2 * self.opts.read_ahead <= self.opts.read_budget;
+            if p.is_none() && room {
+                let (fs, len) = (self.clone(), self.opts.read_ahead as u32);
+                let task = tokio::spawn(async move { fs.data.read(inode, start, len).await });
+                *p = Some(Prefetch { start, task });
+            }
+        }
+        Some(out)
+    }
+
     fn forget_read_ahead(&self, inode: Inode) {
         for h in self.handles.lock().expect("handle lock").values() {
-            if let Handle_::File { inode: i, read_ahead, .. } = &**h {
+            if let Handle_::File { inode: i, read_ahead, prefetch, .. } = &**h {
                 if *i == inode {
                     *read_ahead.lock().expect("read-ahead lock") = None;
+                    *prefetch.lock().expect("prefetch lock") = None;
                 }
             }
         }
@@ -428,7 +499,12 @@ impl Inner {
     }
 
     fn file_handle(inode: Inode) -> Handle_ {
-        Handle_::File { inode, read_ahead: Mutex::new(None), last_end: AtomicU64::new(u64::MAX) }
+        Handle_::File {
+            inode,
+            read_ahead: Mutex::new(None),
+            prefetch: Mutex::new(None),
+            last_end: AtomicU64::new(u64::MAX),
+        }
     }
 }
 
@@ -1029,5 +1105,35 @@ mod tests {
         d.cut(1);
         assert_eq!(d.extents.len(), 1);
         assert_eq!(d.bytes, 1);
+    }
+
+    #[test]
+    fn sequential_writes_grow_one_extent_and_overlaps_keep_the_newest_bytes() {
+        let mut d = Dirty::default();
+        for i in 0..64u64 {
+            d.add(i * 4, &[i as u8; 4]);
+        }
+        assert_eq!(d.extents.len(), 1);
+        assert_eq!((d.bytes, d.max_end), (256, 256));
+        assert_eq!(&d.extents[&0][252..], &[63u8; 4]);
+        // A write that starts before every extent and covers two of them.
+        let mut d = Dirty::default();
+        d.add(10, b"bbbb");
+        d.add(20, b"cccc");
+        d.add(8, b"AAAAAAAAAAAAAA");
+        let got: Vec<(u64, Vec<u8>)> = d.extents.iter().map(|(o, v)| (*o, v.clone())).collect();
+        assert_eq!(got, vec![(8, b"AAAAAAAAAAAAAAcc".to_vec())]);
+        assert_eq!(d.bytes, 16);
+        // A write inside an extent; one that touches the next extent only; one bridging two.
+        d.add(9, b"x");
+        d.add(30, b"zz");
+        d.add(26, b"yyyy");
+        let got: Vec<(u64, Vec<u8>)> = d.extents.iter().map(|(o, v)| (*o, v.clone())).collect();
+        assert_eq!(got, vec![(8, b"AxAAAAAAAAAAAAcc".to_vec()), (26, b"yyyyzz".to_vec())]);
+        assert_eq!(d.bytes, 22);
+        d.add(24, b"##");
+        let got: Vec<(u64, Vec<u8>)> = d.extents.iter().map(|(o, v)| (*o, v.clone())).collect();
+        assert_eq!(got, vec![(8, b"AxAAAAAAAAAAAAcc##yyyyzz".to_vec())]);
+        assert_eq!((d.bytes, d.max_end), (24, 32));
     }
 }
