@@ -76,10 +76,16 @@ impl Default for Options {
 /// readable without waiting for a write-out in progress (which holds the buffer's lock): an
 /// attribute reply must never tell the kernel a size below bytes it has accepted, or its next
 /// `O_APPEND` write would land on them.
+///
+/// A full buffer is written out in the background while the next one fills; `out` is held by
+/// that write-out (one per file at a time) and keeps what it failed to write, which the next
+/// caller that takes `out` puts back under the newer bytes. Everything that needs the data
+/// on the chunkservers (`flush`, `fsync`, a read, a truncate) takes `out` first.
 #[derive(Default)]
 struct DirtyFile {
     buf: tokio::sync::Mutex<Dirty>,
     end: AtomicU64,
+    out: Arc<tokio::sync::Mutex<Option<Dirty>>>,
 }
 
 /// Buffered writes of one file.
@@ -328,6 +334,7 @@ impl Inner {
         let d = self.dirty.lock().expect("dirty lock").get(&inode).cloned();
         if let Some(d) = d {
             let mut buf = d.buf.lock().await;
+            let _out = self.settle(&d, &mut buf).await;
             let before = buf.bytes;
             buf.cut(size);
             d.end.store(buf.max_end, Ordering::Release);
@@ -339,11 +346,28 @@ impl Inner {
         self.dirty.lock().expect("dirty lock").entry(inode).or_default().clone()
     }
 
-    /// Writes out a file's buffered data.
+    /// Waits for the file's write-out in progress and takes its place; bytes a background
+    /// write-out failed to write go back into `buf`, under the newer ones. Returns the guard
+    /// and whether such bytes came back.
+    async fn settle(&self, d: &DirtyFile, buf: &mut Dirty) -> (tokio::sync::OwnedMutexGuard<Option<Dirty>>, bool) {
+        let mut out = d.out.clone().lock_owned().await;
+        let Some(older) = out.take() else { return (out, false) };
+        let newer = std::mem::replace(buf, older);
+        let before = buf.bytes + newer.bytes;
+        for (offset, data) in &newer.extents {
+            buf.add(*offset, data);
+        }
+        buf.max_end = buf.max_end.max(newer.max_end);
+        self.dirty_bytes.fetch_sub(before - buf.bytes, Ordering::Relaxed);
+        (out, true)
+    }
+
+    /// Writes out a file's buffered data (after any write-out in progress).
     async fn flush(&self, inode: Inode) -> Result<(), Errno> {
         let d = self.dirty.lock().expect("dirty lock").get(&inode).cloned();
         let Some(d) = d else { return Ok(()) };
         let mut buf = d.buf.lock().await;
+        let _out = self.settle(&d, &mut buf).await;
         self.write_out(inode, &mut buf).await
     }
 
@@ -379,16 +403,29 @@ impl Inner {
         Ok(())
     }
 
-    /// Buffers a write. A buffer that is full is written out first; if that fails the write
-    /// fails and nothing of it is kept, so memory stays within the budget.
-    async fn write(&self, inode: Inode, offset: u64, data: Vec<u8>) -> Result<u32, Errno> {
+    /// Buffers a write. A full buffer is handed to a write-out in the background (after the
+    /// previous one of the file is done). If the previous one failed, its bytes are written
+    /// out now, and if that fails too this write fails and nothing of it is kept, so memory
+    /// stays within the budget.
+    async fn write(self: &Arc<Self>, inode: Inode, offset: u64, data: Vec<u8>) -> Result<u32, Errno> {
         let len = data.len() as u32;
         let d = self.dirty_of(inode);
         let mut buf = d.buf.lock().await;
         let full = buf.bytes + data.len() > self.opts.flush_at
             || self.dirty_bytes.load(Ordering::Relaxed) + data.len() > self.opts.write_budget;
         if full {
-            self.write_out(inode, &mut buf).await?;
+            let (mut out, failed) = self.settle(&d, &mut buf).await;
+            if failed {
+                self.write_out(inode, &mut buf).await?;
+            } else if !buf.extents.is_empty() {
+                let mut batch = std::mem::take(&mut *buf);
+                let fs = self.clone();
+                tokio::spawn(async move {
+                    if fs.write_out(inode, &mut batch).await.is_err() {
+                        *out = Some(batch);
+                    }
+                });
+            }
         }
         let before = buf.bytes;
         buf.add(offset, &data);

@@ -316,7 +316,9 @@ fn a_workload_keeps_running_while_the_leader_is_killed() -> Result<()> {
 /// A write-out that fails (every chunkserver down) keeps its data. The failure reaches the
 /// call that asked for the write-out (here the close of a second descriptor, as the close in
 /// a forked child would be), and a later `fsync` of the first descriptor, once the
-/// chunkservers are back, writes the data: it must not succeed with nothing to do.
+/// chunkservers are back, writes the data: it must not succeed with nothing to do. The same
+/// for a write-out in the background: a later write fails, and what was accepted is written
+/// by the `fsync` once the chunkservers are back.
 #[test]
 fn a_failed_write_out_keeps_its_data_for_the_next_fsync() -> Result<()> {
     let dir = alces_testkit::temp_dir("alces-mount-keep-");
@@ -334,6 +336,19 @@ fn a_failed_write_out_keeps_its_data_for_the_next_fsync() -> Result<()> {
     let dup = nix::unistd::dup(&f)?;
     let closed = nix::unistd::close(dup);
     ensure!(closed == Err(nix::errno::Errno::EIO), "the close whose write-out failed returned {closed:?}");
+    // A big file: its first full buffer (16 MiB) goes to a write-out in the background, which
+    // fails; the write that finds the next buffer full tries it again, fails, and is refused.
+    let big_path = mnt.join("big");
+    let mut big = fs::File::create(&big_path)?;
+    let piece = |i: usize| pseudo_random_bytes(i as u64, 1 << 20);
+    let mut accepted = 0;
+    for i in 0..64 {
+        if big.write_all(&piece(i)).is_err() {
+            break;
+        }
+        accepted += 1;
+    }
+    ensure!((17..64).contains(&accepted), "{accepted} MiB accepted with every chunkserver down");
     for id in 1..=3 {
         cluster.start_chunkserver(id)?;
     }
@@ -343,5 +358,13 @@ fn a_failed_write_out_keeps_its_data_for_the_next_fsync() -> Result<()> {
     drop(f);
     let got = fs::read(&path)?;
     ensure!(got == b"first;second;third;", "read back {:?}", String::from_utf8_lossy(&got));
+    big.sync_all().context("fsync of the big file once the chunkservers are back")?;
+    drop(big);
+    let got = fs::read(&big_path)?;
+    ensure!(got.len() >= accepted << 20, "{} bytes read back, {accepted} MiB accepted", got.len());
+    for i in 0..accepted {
+        ensure!(got[i << 20..(i + 1) << 20] == piece(i)[..], "MiB {i} of the big file differs");
+    }
+    eprintln!("{accepted} MiB accepted while the chunkservers were down, all read back");
     Ok(())
 }

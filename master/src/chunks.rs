@@ -25,6 +25,10 @@ use crate::namespace::ops::{MetaReply, OpBody};
 
 /// A lease not renewed (by another write lease or its end) for this long lapses.
 const LEASE_TIME: Duration = Duration::from_secs(60);
+/// A lease nobody writes under is kept this long, so that the same client's next write-out
+/// to the chunk (a sequential writer's next buffer) needs no version change; another client
+/// takes it over at once.
+const IDLE_LEASE: Duration = Duration::from_secs(5);
 
 struct Lease {
     session: SessionId,
@@ -219,14 +223,15 @@ impl Master {
             let mut leases = self.leases.leases.lock().expect("lease lock");
             if let Some(l) = leases.get_mut(&id) {
                 let now = Instant::now();
-                let reusable = !(after_failure && l.session == session);
-                if reusable && l.expires > now && l.version == rec.version && rec.refs == 1 {
-                    if l.session != session {
-                        return Err(ClientError::Unavailable(format!(
-                            "chunk {} is being written by another client",
-                            id.hex()
-                        )));
-                    }
+                let live = l.expires > now && l.version == rec.version && rec.refs == 1;
+                if live && l.session != session && l.holders > 0 {
+                    return Err(ClientError::Unavailable(format!(
+                        "chunk {} is being written by another client",
+                        id.hex()
+                    )));
+                }
+                // After a failed write the version moves on (the chain may have lost a replica).
+                if live && l.session == session && !after_failure {
                     l.holders += 1;
                     l.expires = now + LEASE_TIME;
                     return Ok(ClientReply::WriteLease {
@@ -289,7 +294,7 @@ impl Master {
         if let Some(l) = leases.get_mut(&chunk) {
             l.holders = l.holders.saturating_sub(1);
             if l.holders == 0 {
-                leases.remove(&chunk);
+                l.expires = Instant::now() + IDLE_LEASE;
             }
         }
         match reply {
