@@ -855,7 +855,14 @@ impl Filesystem for AlcesFs {
         self.spawn(move |fs| async move {
             let inode = Inode(ino.0);
             let r = fs.flush(inode).await;
-            let _ = fs.call(&Creds::root(), ClientRequest::Release { inode }).await;
+            // The master counts a session's handles on a file (a release and another
+            // handle's open commute), so nobody needs to wait for this one.
+            let master = fs.master.clone();
+            tokio::spawn(async move {
+                if let Err(e) = master.call(&Creds::root(), ClientRequest::Release { inode }).await {
+                    tracing::warn!(inode = %inode, error = %e, "release not recorded");
+                }
+            });
             let still_open = fs
                 .handles
                 .lock()

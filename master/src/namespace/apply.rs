@@ -67,13 +67,18 @@ pub fn apply_op(t: &mut Txn<'_, '_>, op: MetaOp) -> Res<MetaReply> {
             if t.inode(inode)?.is_none() {
                 return Err(Status::NotFound.into());
             }
-            mark_open(t, s, inode);
+            mark_open(t, s, inode)?;
             Ok(MetaReply::Done)
         }
         OpBody::Release { session: s, inode } => {
-            t.delete(CF_SESSIONS, &open_by_session(s, inode));
-            t.delete(CF_SESSIONS, &open_by_inode(inode, s));
-            maybe_free_reserved(t, inode)?;
+            let n = open_count(t, s, inode)?;
+            if n > 1 {
+                t.put_raw(CF_SESSIONS, &open_by_session(s, inode), (n - 1).to_le_bytes().to_vec());
+            } else {
+                t.delete(CF_SESSIONS, &open_by_session(s, inode));
+                t.delete(CF_SESSIONS, &open_by_inode(inode, s));
+                maybe_free_reserved(t, inode)?;
+            }
             Ok(MetaReply::Done)
         }
         OpBody::AllocChunk { inode, index, replace } => alloc_chunk(t, inode, index, replace),
@@ -209,7 +214,7 @@ fn create(
     t.put_inode(parent, &p);
     t.add_counter(COUNT_INODES, 1)?;
     if let Some(s) = open {
-        mark_open(t, s, ino);
+        mark_open(t, s, ino)?;
     }
     Ok(MetaReply::Attr(rec.attr(ino)))
 }
@@ -266,9 +271,21 @@ fn is_open(t: &Txn<'_, '_>, ino: Inode) -> Res<bool> {
     Ok(!t.scan(CF_SESSIONS, &tagged(b'O', ino.0))?.is_empty())
 }
 
-fn mark_open(t: &mut Txn<'_, '_>, s: SessionId, ino: Inode) {
-    t.put_raw(CF_SESSIONS, &open_by_session(s, ino), Vec::new());
+/// How many handles session `s` holds open on `ino`: every `Open` adds one and every
+/// `Release` takes one away, so a mount may release in the background (a release and another
+/// handle's open commute). A record without a count (older stores) is one handle.
+fn open_count(t: &Txn<'_, '_>, s: SessionId, ino: Inode) -> Res<u32> {
+    Ok(match t.get_raw(CF_SESSIONS, &open_by_session(s, ino))? {
+        None => 0,
+        Some(v) => v.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes).unwrap_or(1),
+    })
+}
+
+fn mark_open(t: &mut Txn<'_, '_>, s: SessionId, ino: Inode) -> Res<()> {
+    let n = open_count(t, s, ino)?.saturating_add(1);
+    t.put_raw(CF_SESSIONS, &open_by_session(s, ino), n.to_le_bytes().to_vec());
     t.put_raw(CF_SESSIONS, &open_by_inode(ino, s), Vec::new());
+    Ok(())
 }
 
 /// An inode's last name is gone: to the trash, kept while open, or freed.

@@ -539,6 +539,15 @@ fn files_deleted_while_open_are_reserved_until_released() {
     fs.ok(OpBody::WriteEnd { inode: f, size: 10 });
     fs.ok(OpBody::Release { session: s, inode: f });
     assert!(fs.view().inode(f).unwrap().is_none());
+    // Handles are counted: two opens by one session need two releases.
+    let two = fs.file(ROOT, "two");
+    fs.ok(OpBody::Open { session: s, inode: two });
+    fs.ok(OpBody::Open { session: s, inode: two });
+    fs.ok(remove_op(ROOT, "two", false));
+    fs.ok(OpBody::Release { session: s, inode: two });
+    assert_eq!(fs.view().inode(two).unwrap().unwrap().state, InodeState::Reserved, "one handle still open");
+    fs.ok(OpBody::Release { session: s, inode: two });
+    assert!(fs.view().inode(two).unwrap().is_none());
     // Closing a session releases what it still had open.
     let g = fs.file(ROOT, "g");
     fs.ok(OpBody::Open { session: s, inode: g });
