@@ -1131,6 +1131,11 @@ impl AlcesFs {
 mod tests {
     use super::*;
 
+    /// A buffer's extents as (offset, bytes), in order.
+    fn extents(d: &Dirty) -> Vec<(u64, Vec<u8>)> {
+        d.extents.iter().map(|(o, v)| (*o, v.clone())).collect()
+    }
+
     #[test]
     fn dirty_extents_merge_and_cut() {
         let mut d = Dirty::default();
@@ -1138,13 +1143,11 @@ mod tests {
         d.add(104, b"ef");
         d.add(0, b"xy");
         d.add(102, b"ZZZZZZ");
-        let got: Vec<(u64, Vec<u8>)> = d.extents.iter().map(|(o, v)| (*o, v.clone())).collect();
-        assert_eq!(got, vec![(0, b"xy".to_vec()), (100, b"abZZZZZZ".to_vec())]);
+        assert_eq!(extents(&d), vec![(0, b"xy".to_vec()), (100, b"abZZZZZZ".to_vec())]);
         assert_eq!(d.bytes, 10);
         assert_eq!(d.max_end, 108);
         d.cut(103);
-        let got: Vec<(u64, Vec<u8>)> = d.extents.iter().map(|(o, v)| (*o, v.clone())).collect();
-        assert_eq!(got, vec![(0, b"xy".to_vec()), (100, b"abZ".to_vec())]);
+        assert_eq!(extents(&d), vec![(0, b"xy".to_vec()), (100, b"abZ".to_vec())]);
         assert_eq!((d.bytes, d.max_end), (5, 103));
         d.cut(1);
         assert_eq!(d.extents.len(), 1);
@@ -1165,19 +1168,16 @@ mod tests {
         d.add(10, b"bbbb");
         d.add(20, b"cccc");
         d.add(8, b"AAAAAAAAAAAAAA");
-        let got: Vec<(u64, Vec<u8>)> = d.extents.iter().map(|(o, v)| (*o, v.clone())).collect();
-        assert_eq!(got, vec![(8, b"AAAAAAAAAAAAAAcc".to_vec())]);
+        assert_eq!(extents(&d), vec![(8, b"AAAAAAAAAAAAAAcc".to_vec())]);
         assert_eq!(d.bytes, 16);
         // A write inside an extent; one that touches the next extent only; one bridging two.
         d.add(9, b"x");
         d.add(30, b"zz");
         d.add(26, b"yyyy");
-        let got: Vec<(u64, Vec<u8>)> = d.extents.iter().map(|(o, v)| (*o, v.clone())).collect();
-        assert_eq!(got, vec![(8, b"AxAAAAAAAAAAAAcc".to_vec()), (26, b"yyyyzz".to_vec())]);
+        assert_eq!(extents(&d), vec![(8, b"AxAAAAAAAAAAAAcc".to_vec()), (26, b"yyyyzz".to_vec())]);
         assert_eq!(d.bytes, 22);
         d.add(24, b"##");
-        let got: Vec<(u64, Vec<u8>)> = d.extents.iter().map(|(o, v)| (*o, v.clone())).collect();
-        assert_eq!(got, vec![(8, b"AxAAAAAAAAAAAAcc##yyyyzz".to_vec())]);
+        assert_eq!(extents(&d), vec![(8, b"AxAAAAAAAAAAAAcc##yyyyzz".to_vec())]);
         assert_eq!((d.bytes, d.max_end), (24, 32));
     }
 }

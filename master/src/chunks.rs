@@ -85,10 +85,11 @@ impl Leases {
         self.bumping.lock().expect("bump lock").insert(chunk).then_some(Bumping { leases: self, chunk })
     }
 
-    /// Number of active leases (for the monitor).
+    /// Number of leases a write is going on under (for the monitor; idle ones kept for reuse
+    /// do not count).
     pub fn active(&self) -> usize {
         let now = Instant::now();
-        self.leases.lock().expect("lease lock").values().filter(|l| l.expires > now).count()
+        self.leases.lock().expect("lease lock").values().filter(|l| l.holders > 0 && l.expires > now).count()
     }
 }
 
