@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alces_proto::{Handshake, LinkKind, Secret};
-use openraft::error::{InitializeError, RaftError};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -309,7 +309,7 @@ impl<M: StateMachine> RaftNode<M> {
     /// Adds a non-voting member and waits (up to `LEARNER_CATCH_UP`) until it holds every
     /// entry up to its own membership entry. On timeout it stays a learner and the error says so.
     pub async fn add_learner(&self, id: NodeId, member: Member) -> Result<()> {
-        let resp = self.raft.add_learner(id, member, false).await.map_err(write_error)?;
+        let resp = self.membership_call(self.raft.add_learner(id, member, false)).await?;
         let target = resp.log_id.index;
         let mut rx = self.raft.metrics();
         let caught_up = async {
@@ -336,10 +336,8 @@ impl<M: StateMachine> RaftNode<M> {
 
     /// Turns a learner into a voter.
     pub async fn promote(&self, id: NodeId) -> Result<()> {
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(write_error)?;
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        self.membership_call(self.raft.change_membership(change, false)).await?;
         Ok(())
     }
 
@@ -354,8 +352,25 @@ impl<M: StateMachine> RaftNode<M> {
         } else {
             return Err(Error::Membership(format!("node {id} is not a member")));
         };
-        self.raft.change_membership(change, false).await.map_err(write_error)?;
+        self.membership_call(self.raft.change_membership(change, false)).await?;
         Ok(())
+    }
+
+    /// Runs a membership change on the leader. openraft checks a change against the local
+    /// membership before it checks leadership, so a follower that has not yet learned that the
+    /// last change committed would answer "a change is in progress" instead of redirecting:
+    /// only the leader's answer counts, anyone else's refusal is a redirect.
+    async fn membership_call<T>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<T, RaftError<NodeId, ClientWriteError<NodeId, Member>>>>,
+    ) -> Result<T> {
+        if self.metrics().current_leader != Some(self.id) {
+            return Err(self.not_leader());
+        }
+        match call.await.map_err(write_error) {
+            Err(Error::Membership(_)) if self.metrics().current_leader != Some(self.id) => Err(self.not_leader()),
+            other => other,
+        }
     }
 
     /// Hands leadership to voter `to`: stops taking writes, waits until `to` has every entry,
