@@ -271,13 +271,45 @@ async fn write_session(
     let (local_tx, mut local_rx) = mpsc::unbounded_channel::<(u64, bool, Result<(), DataError>)>();
     let st = store.clone();
     tokio::spawn(async move {
-        while let Some(job) = job_rx.recv().await {
-            let (id, finish, r) = match job {
-                Job::Write { id, offset, data } => (id, false, st.write(chunk, version, offset, data).await),
-                Job::Finish { id } => (id, true, st.sync(chunk, version).await),
-            };
+        // Whatever has queued up while the last batch was on the disk goes down in one
+        // blocking call: one hand-over to a blocking thread per batch, not per block.
+        let mut jobs = Vec::new();
+        while job_rx.recv_many(&mut jobs, WINDOW).await > 0 {
+            let mut pieces = Vec::with_capacity(jobs.len());
+            let mut ids = Vec::with_capacity(jobs.len());
+            let mut finish = None;
+            for job in jobs.drain(..) {
+                match job {
+                    Job::Write { id, offset, data } => {
+                        ids.push(id);
+                        pieces.push((offset, data));
+                    }
+                    Job::Finish { id } => finish = Some(id),
+                }
+            }
+            let (done, r) = st.write_batch(chunk, version, pieces, finish.is_some()).await;
             let failed = r.is_err();
-            if local_tx.send((id, finish, r)).is_err() || failed {
+            let results: Vec<(u64, bool, Result<(), DataError>)> = match r {
+                Ok(()) => {
+                    ids.iter().map(|&id| (id, false, Ok(()))).chain(finish.map(|id| (id, true, Ok(())))).collect()
+                }
+                Err(e) => {
+                    // The error belongs to piece `done`, or to the sync; without a sync, to the
+                    // last piece at the latest.
+                    let ok = if finish.is_some() { done.min(ids.len()) } else { done.min(ids.len().saturating_sub(1)) };
+                    let failed = match ids.get(ok) {
+                        Some(&id) => (id, false, Err(e)),
+                        None => (finish.unwrap_or_default(), true, Err(e)),
+                    };
+                    ids[..ok].iter().map(|&id| (id, false, Ok(()))).chain([failed]).collect()
+                }
+            };
+            for res in results {
+                if local_tx.send(res).is_err() {
+                    return;
+                }
+            }
+            if failed {
                 return;
             }
         }

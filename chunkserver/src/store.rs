@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -245,6 +245,36 @@ impl Store {
         }
         self.with_file(id, version, move |f| f.write(offset as u64, &data)).await?;
         Ok(())
+    }
+
+    /// Writes `pieces` in order, then syncs if `sync`, in one blocking call. Returns how many
+    /// pieces were written and how the batch ended: an error belongs to piece `done`, or to
+    /// the sync when every piece was written.
+    pub async fn write_batch(
+        &self,
+        id: ChunkId,
+        version: ChunkVersion,
+        pieces: Vec<(u32, Vec<u8>)>,
+        sync: bool,
+    ) -> (usize, Result<(), DataError>) {
+        if let Some(bad) = pieces.iter().position(|(o, d)| *o as u64 + d.len() as u64 > CHUNK_SIZE) {
+            return (bad, Err(DataError::Range));
+        }
+        let done = Arc::new(AtomicUsize::new(0));
+        let count = done.clone();
+        let r = self
+            .with_file(id, version, move |f| {
+                for (offset, data) in &pieces {
+                    f.write(*offset as u64, data)?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                if sync {
+                    f.sync()?;
+                }
+                Ok(())
+            })
+            .await;
+        (done.load(Ordering::Relaxed), r)
     }
 
     pub async fn sync(&self, id: ChunkId, version: ChunkVersion) -> Result<(), DataError> {

@@ -1,26 +1,32 @@
 //! The data path: reading replicas and writing through chains of chunkservers.
 //!
 //! Reads ask the master where a chunk is (cached briefly), read from one replica, and on a
-//! CRC error or an unreachable server try the next replica (reporting a bad one). Writes get
-//! a lease from the master, stream pieces of at most one 64 KiB block to the first server of
-//! the chain with many pieces in flight, finish with a sync on every replica, and then commit
-//! the new length. A failed chain is retried with a fresh lease.
+//! CRC error or an unreachable server try the next replica (reporting a bad one); a long read
+//! is split into 1 MiB pieces read concurrently from different replicas. Writes get a lease
+//! from the master, stream pieces of at most 1 MiB to the first server of the chain with
+//! several pieces in flight, finish with a sync on every replica, and then commit the new
+//! length. A failed chain is retried with a fresh lease.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, MAX_READ};
+use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, MAX_READ, MAX_WRITE};
 use alces_proto::link::client_master::{ClientReply, ClientRequest};
-use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, Creds, Inode, BLOCK_SIZE, CHUNK_SIZE};
+use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, Creds, Inode, CHUNK_SIZE};
 use alces_proto::{Connection, FrameReader, Handshake, LinkKind, Status};
 
 use crate::master_link::{CallError, MasterClient};
 
 /// How long a chunk's locations are trusted without asking the master again.
 const LOCATION_TTL: Duration = Duration::from_secs(3);
-/// Pieces of a write in flight to the first chunkserver, at most.
-const WRITE_WINDOW: usize = 64;
+/// Reads longer than this are split into pieces of this size, read concurrently and spread
+/// over the replicas (a sequential reader's window comes from every replica at once).
+const READ_PIECE: u64 = 1 << 20;
+/// Pieces of one read in flight at most.
+const READ_PARALLEL: usize = 4;
+/// Pieces of a write in flight to the first chunkserver, at most (8 MiB).
+const WRITE_WINDOW: usize = 8;
 /// How long the chain may take to answer one step of a write before it is given up.
 const CHAIN_REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Attempts (each with fresh locations or a fresh lease) before an I/O error is returned.
@@ -97,26 +103,51 @@ impl DataPath {
     /// Reads up to `len` bytes at `offset` as stored (not beyond the file size the master
     /// knows); returns fewer bytes at the end of the file.
     pub async fn read(&self, inode: Inode, offset: u64, len: u32) -> Result<Vec<u8>, Status> {
-        let mut out = Vec::with_capacity(len as usize);
-        let mut pos = offset;
+        use futures::StreamExt;
         let end = offset + len as u64;
+        let mut pieces = Vec::new();
+        let mut pos = offset;
         while pos < end {
-            let index = (pos / CHUNK_SIZE) as u32;
-            let in_chunk = pos % CHUNK_SIZE;
-            let want = (end - pos).min(CHUNK_SIZE - in_chunk) as u32;
-            let (data, file_size) = self.read_in_chunk(inode, index, in_chunk as u32, want).await?;
-            let stop = file_size.saturating_sub(pos).min(want as u64) as usize;
-            out.extend_from_slice(&data[..stop.min(data.len())]);
-            if (stop as u32) < want {
+            let stop = ((pos / READ_PIECE + 1) * READ_PIECE).min(end);
+            pieces.push((pos, (stop - pos) as u32));
+            pos = stop;
+        }
+        if let [(pos, want)] = pieces[..] {
+            return Ok(self.read_piece(inode, pos, want, 0).await?.0);
+        }
+        let mut parts = futures::stream::iter(pieces.into_iter().enumerate())
+            .map(|(i, (pos, want))| self.read_piece(inode, pos, want, i))
+            .buffered(READ_PARALLEL);
+        let mut out = Vec::with_capacity(len as usize);
+        while let Some(part) = parts.next().await {
+            let (data, whole) = part?;
+            out.extend_from_slice(&data);
+            if !whole {
                 break;
             }
-            pos += want as u64;
         }
         Ok(out)
     }
 
+    /// Reads a piece that lies within one chunk, starting with replica `prefer` (modulo their
+    /// number); returns the bytes (fewer at the end of the file) and whether it got them all.
+    async fn read_piece(&self, inode: Inode, pos: u64, want: u32, prefer: usize) -> Result<(Vec<u8>, bool), Status> {
+        let index = (pos / CHUNK_SIZE) as u32;
+        let (mut data, file_size) = self.read_in_chunk(inode, index, (pos % CHUNK_SIZE) as u32, want, prefer).await?;
+        data.truncate(file_size.saturating_sub(pos).min(want as u64) as usize);
+        let whole = data.len() == want as usize;
+        Ok((data, whole))
+    }
+
     /// Reads within one chunk; returns the bytes (zeros for holes) and the file size.
-    async fn read_in_chunk(&self, inode: Inode, index: u32, offset: u32, len: u32) -> Result<(Vec<u8>, u64), Status> {
+    async fn read_in_chunk(
+        &self,
+        inode: Inode,
+        index: u32,
+        offset: u32,
+        len: u32,
+        prefer: usize,
+    ) -> Result<(Vec<u8>, u64), Status> {
         let mut last = Status::Io;
         for attempt in 0..ATTEMPTS {
             let l = self.locate(inode, index, attempt > 0).await?;
@@ -127,7 +158,8 @@ impl DataPath {
             if wanted == 0 {
                 return Ok((Vec::new(), l.file_size));
             }
-            for loc in &l.locations {
+            let n = l.locations.len();
+            for loc in (0..n).map(|k| &l.locations[(prefer + k) % n]) {
                 match self.read_replica(loc, chunk, version, offset, wanted).await {
                     Ok(data) => return Ok((data, l.file_size)),
                     Err(ReadFailure::Bad(e)) => {
@@ -156,12 +188,14 @@ impl DataPath {
         len: u32,
     ) -> Result<Vec<u8>, ReadFailure> {
         let mut conn = self.connect(&loc.addr).await.map_err(ReadFailure::Unreachable)?;
-        let mut out = Vec::with_capacity(len as usize);
+        let mut out = Vec::new();
         let mut pos = offset;
         while pos < offset + len {
             let piece = (offset + len - pos).min(MAX_READ);
             let req = DataRequest::Read { chunk, version, offset: pos, len: piece };
             match conn.call::<_, DataReply>(&req, Duration::from_secs(30)).await {
+                // The common case, one piece, keeps the received buffer.
+                Ok(DataReply::Data(d)) if d.len() == piece as usize && out.is_empty() => out = d,
                 Ok(DataReply::Data(d)) if d.len() == piece as usize => out.extend_from_slice(&d),
                 Ok(DataReply::Error(DataError::Crc { block })) => {
                     return Err(ReadFailure::Bad(format!("CRC error in block {block}")))
@@ -229,13 +263,14 @@ impl DataPath {
             DataReply::WriteReady => {}
             other => return Err(format!("chain refused the write: {other:?}")),
         }
-        // Split at block boundaries; keep up to WRITE_WINDOW pieces unacknowledged.
+        // Split at MAX_WRITE boundaries (so pieces after the first are whole, aligned blocks);
+        // keep up to WRITE_WINDOW pieces unacknowledged.
         let mut split: Vec<(u32, &[u8])> = Vec::new();
         for &(off, data) in pieces {
             let mut pos = 0usize;
             while pos < data.len() {
                 let at = off as u64 + pos as u64;
-                let room = (BLOCK_SIZE - at % BLOCK_SIZE) as usize;
+                let room = (MAX_WRITE as u64 - at % MAX_WRITE as u64) as usize;
                 let take = room.min(data.len() - pos);
                 split.push((at as u32, &data[pos..pos + take]));
                 pos += take;

@@ -65,7 +65,7 @@ impl Default for Options {
             open_flags: FopenFlags::empty(),
             flush_at: 16 << 20,
             write_budget: 256 << 20,
-            read_ahead: 4 << 20,
+            read_ahead: 8 << 20,
             read_budget: 256 << 20,
             masterinfo: String::new(),
         }

@@ -16,6 +16,9 @@ use crate::types::{ChunkId, ChunkLocation, ChunkVersion, ChunkserverId};
 
 /// Bytes one `Read` may ask for.
 pub const MAX_READ: u32 = 4 << 20;
+/// Bytes a client puts in one `WriteData` (a chunkserver takes any piece within the chunk
+/// and the frame limit).
+pub const MAX_WRITE: u32 = 1 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum DataRequest {
@@ -30,7 +33,8 @@ pub enum DataRequest {
         version: ChunkVersion,
         chain: Vec<ChunkLocation>,
     },
-    /// `offset` within the chunk; a piece never crosses a 64 KiB block boundary.
+    /// `offset` within the chunk. Pieces of whole, aligned 64 KiB blocks are written without a
+    /// read-modify-write.
     WriteData {
         id: u64,
         offset: u32,
