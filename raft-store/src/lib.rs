@@ -10,6 +10,7 @@
 pub mod db;
 pub mod error;
 pub mod kv;
+mod lease;
 pub mod log_store;
 pub mod machine;
 pub mod network;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alces_proto::link::peer::{PeerRequest, PeerResponse};
 use alces_proto::{Connection, FrameError, Handshake};
@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::lease::Acks;
 use crate::types::{Member, NodeId, Raft, TypeConfig};
 
 /// Peer frames carry up to `max_payload_entries` log entries or one snapshot chunk.
@@ -49,11 +50,12 @@ struct Pools {
 pub struct PeerNetwork {
     handshake: Handshake,
     pools: Arc<Pools>,
+    acks: Arc<Acks>,
 }
 
 impl PeerNetwork {
-    pub fn new(handshake: Handshake) -> Self {
-        PeerNetwork { handshake, pools: Arc::default() }
+    pub(crate) fn new(handshake: Handshake, acks: Arc<Acks>) -> Self {
+        PeerNetwork { handshake, pools: Arc::default(), acks }
     }
 
     /// Sends one request to `addr` and returns the answer.
@@ -146,10 +148,17 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        match self.rpc(PeerRequest::AppendEntries(rpc), &option).await? {
-            PeerResponse::AppendEntries(r) => r.map_err(|e| self.remote(e)),
-            other => Err(self.unexpected(other)),
+        let (term, sent) = (rpc.vote.leader_id.term, Instant::now());
+        let resp = match self.rpc(PeerRequest::AppendEntries(rpc), &option).await? {
+            PeerResponse::AppendEntries(r) => r.map_err(|e| self.remote(e))?,
+            other => return Err(self.unexpected(other)),
+        };
+        // Anything but a higher vote means the peer took this node as its leader (and will not
+        // vote for another one for a while): the leader lease counts from `sent`.
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            self.net.acks.record(self.target, term, sent);
         }
+        Ok(resp)
     }
 
     async fn install_snapshot(
@@ -176,8 +185,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// Accepts peer connections until `stop` is cancelled.
-pub(crate) async fn serve(listener: TcpListener, raft: Raft, handshake: Handshake, stop: CancellationToken) {
+/// Accepts peer connections until `stop` is cancelled. Vote requests are refused until
+/// `votes_from` (see [`crate::lease`]: a node that just started must not vote while a leader's
+/// lease may still hold).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    raft: Raft,
+    handshake: Handshake,
+    votes_from: Instant,
+    stop: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
     loop {
         let (stream, addr) = tokio::select! {
@@ -199,14 +216,20 @@ pub(crate) async fn serve(listener: TcpListener, raft: Raft, handshake: Handshak
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = serve_connection(stream, addr, raft, handshake) => {}
+                _ = serve_connection(stream, addr, raft, handshake, votes_from) => {}
             }
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, addr: SocketAddr, raft: Raft, handshake: Handshake) {
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    raft: Raft,
+    handshake: Handshake,
+    votes_from: Instant,
+) {
     let mut conn = match Connection::new(stream, PEER_MAX_FRAME) {
         Ok(c) => c,
         Err(e) => return tracing::warn!(peer = %addr, error = %e, "peer connection unusable"),
@@ -225,6 +248,9 @@ async fn serve_connection(stream: tokio::net::TcpStream, addr: SocketAddr, raft:
         };
         let resp: Response = match req {
             PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
+            PeerRequest::Vote(_) if Instant::now() < votes_from => {
+                PeerResponse::Failed("started moments ago: not voting until a leader's lease has lapsed".into())
+            }
             PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
             PeerRequest::InstallSnapshot(r) => PeerResponse::InstallSnapshot(raft.install_snapshot(r).await),
             PeerRequest::TriggerElection => match raft.trigger().elect().await {

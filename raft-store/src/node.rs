@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::lease::Acks;
 use crate::log_store::{LogStats, LogStore};
 use crate::machine::StateMachine;
 use crate::network::{self, PeerNetwork};
@@ -123,6 +124,11 @@ pub struct NodeStatus {
     pub log_appends: u64,
     pub log_entries: u64,
     pub log_fsyncs: u64,
+    /// Linearizable reads served under the leader lease, and quorum rounds taken for reads.
+    #[serde(default)]
+    pub lease_reads: u64,
+    #[serde(default)]
+    pub read_rounds: u64,
 }
 
 /// A running member, generic over the application state machine.
@@ -155,14 +161,19 @@ impl<M: StateMachine> RaftNode<M> {
         let (log_stats, sm_stats) = (log.stats(), sm.stats());
         let name = format!("master {}", config.id);
         let handshake = Handshake::new(LinkKind::Peer, name, Some(config.secret.clone()));
-        let network = PeerNetwork::new(handshake.clone());
+        // The leader counts half the followers' vote-refusal window (election_timeout_max) as
+        // its lease; the other half absorbs scheduling delays and clock rate differences.
+        let lease = Duration::from_millis(config.election_timeout_max_ms / 2);
+        let acks = Arc::new(Acks::new(lease));
+        let network = PeerNetwork::new(handshake.clone(), acks.clone());
+        let votes_from = std::time::Instant::now() + Duration::from_millis(config.election_timeout_max_ms);
         let listener = TcpListener::bind(config.listen).await?;
         let raft = Raft::new(config.id, raft_config, network.clone(), log, sm)
             .await
             .map_err(|e| Error::Stopped(e.to_string()))?;
         let stop = CancellationToken::new();
-        tokio::spawn(network::serve(listener, raft.clone(), handshake, stop.clone()));
-        let reads = ReadIndex::start(raft.clone());
+        tokio::spawn(network::serve(listener, raft.clone(), handshake, votes_from, stop.clone()));
+        let reads = ReadIndex::start(raft.clone(), config.id, acks);
         let proposer = Proposer::start(raft.clone());
         tracing::info!(id = config.id, listen = %config.listen, "raft node started");
         Ok(Arc::new(RaftNode {
@@ -303,6 +314,8 @@ impl<M: StateMachine> RaftNode<M> {
             log_appends: self.log_stats.appends.load(Ordering::Relaxed),
             log_entries: self.log_stats.entries.load(Ordering::Relaxed),
             log_fsyncs: self.log_stats.fsyncs.load(Ordering::Relaxed),
+            lease_reads: self.reads.lease_reads(),
+            read_rounds: self.reads.rounds(),
         }
     }
 

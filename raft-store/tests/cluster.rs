@@ -305,3 +305,64 @@ async fn garbage_on_every_listener_is_refused_and_the_node_keeps_serving() -> Re
     }
     Ok(())
 }
+
+fn put(value: &'static [u8]) -> impl Fn() -> KvRequest {
+    move || KvRequest::Put { key: "k".into(), value: value.to_vec() }
+}
+
+fn get() -> KvRequest {
+    KvRequest::Get { key: "k".into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_serves_reads_under_its_lease_but_a_resumed_old_leader_serves_no_stale_read() -> Result<()> {
+    let mut c = Cluster::start(3, Options::default()).await?;
+    let old = c.wait_leader().await?;
+    c.leader_call(put(b"1")).await?;
+    // A healthy leader answers reads from its lease, without a quorum round per read.
+    let before = c.status(old).await?;
+    for _ in 0..50 {
+        match call(c.api(old), get()).await? {
+            KvResponse::Value(v) => assert_eq!(v.as_deref(), Some(&b"1"[..])),
+            other => anyhow::bail!("read on the leader: {other:?}"),
+        }
+    }
+    let after = c.status(old).await?;
+    assert!(after.lease_reads - before.lease_reads >= 25, "lease reads: {before:?} then {after:?}");
+    // The leader is paused; the others elect a new one and commit a new value.
+    c.node(old).proc.pause();
+    let others: Vec<_> = c.running_ids().into_iter().filter(|&i| i != old).map(|i| c.api(i)).collect();
+    leader_call(&others, put(b"2")).await?;
+    c.node(old).proc.resume();
+    // Until it learns of the new term, the old leader must not answer with the old value.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut answers = HashMap::new();
+    while tokio::time::Instant::now() < until {
+        let r = tokio::time::timeout(Duration::from_secs(5), call(c.api(old), get())).await;
+        if let Ok(Ok(KvResponse::Value(v))) = &r {
+            assert_eq!(v.as_deref(), Some(&b"2"[..]), "a stale read from the resumed old leader");
+        }
+        *answers.entry(format!("{:?}", r.map(|r| r.map(|r| matches!(r, KvResponse::Value(_)))))).or_insert(0) += 1;
+    }
+    eprintln!("answers of the resumed old leader: {answers:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_followers_stops_serving_reads_when_its_lease_lapses() -> Result<()> {
+    let mut c = Cluster::start(3, Options::default()).await?;
+    let leader = c.wait_leader().await?;
+    c.leader_call(put(b"1")).await?;
+    let followers: Vec<_> = c.running_ids().into_iter().filter(|&i| i != leader).collect();
+    for &f in &followers {
+        c.node(f).proc.pause();
+    }
+    // Well past the lease (half of the 1 s election_timeout_max): no read without a quorum.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = tokio::time::timeout(Duration::from_secs(3), call(c.api(leader), get())).await;
+    for &f in &followers {
+        c.node(f).proc.resume();
+    }
+    assert!(!matches!(r, Ok(Ok(KvResponse::Value(_)))), "a read served without a quorum: {r:?}");
+    Ok(())
+}
