@@ -7,8 +7,9 @@
 //! no other leader can be elected before `t + election_timeout_max` by the followers' clocks.
 //! The leader counts a shorter lease, [`Acks::new`]'s `lease`, from the *send* time of those
 //! requests on its own monotonic clock, and answers a linearizable read from its state machine
-//! while the lease holds, once it has applied everything up to its last log index (which covers
-//! every entry committed so far, its own first entry of the term included).
+//! while the lease holds, once it has applied everything up to the commit index as it stood at
+//! the check (every acknowledged write, its own first entry of the term included). Entries
+//! appended but not yet committed are not waited for: no client has been told of them.
 //!
 //! A node that has just started remembers no leader, so it would vote at once; that would let a
 //! new leader appear while the old one's lease still holds. Every node therefore refuses to
@@ -42,9 +43,13 @@ impl Acks {
         }
     }
 
-    /// The index a lease read must wait for, if `me` is the leader of `m` and its lease holds
-    /// now; `None` means a quorum round is needed.
-    pub(crate) fn read_index(&self, me: NodeId, m: &RaftMetrics) -> Option<u64> {
+    /// Whether `me` is the leader of `m`, has applied an entry of its term, and holds the
+    /// lease now; if not, a read needs a quorum round.
+    pub(crate) fn holds(&self, me: NodeId, m: &RaftMetrics) -> bool {
+        self.check(me, m).is_some()
+    }
+
+    fn check(&self, me: NodeId, m: &RaftMetrics) -> Option<()> {
         if m.current_leader != Some(me) || m.state != openraft::ServerState::Leader {
             return None;
         }
@@ -69,6 +74,6 @@ impl Acks {
                 return None;
             }
         }
-        m.last_log_index
+        Some(())
     }
 }

@@ -34,12 +34,15 @@ pub(crate) fn storage_error(
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
-/// Counters of the log's disk work, for metrics and the benchmark.
+/// Counters of the log's disk work, for metrics and the benchmark, and the commit index.
 #[derive(Debug, Default)]
 pub struct LogStats {
     pub appends: AtomicU64,
     pub entries: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// One more than the highest index known committed (0: none), set before the entries up
+    /// to it are applied: a read that waits for it sees every acknowledged write.
+    pub committed: AtomicU64,
 }
 
 /// The Raft log storage of one node. Cheap to clone (the log reader is a clone).
@@ -191,6 +194,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(c) = &committed {
+            self.stats.committed.fetch_max(c.index + 1, Ordering::Release);
+        }
         // Not synced: a stale value only means applying a little less at the next start.
         self.put_state(KEY_COMMITTED, &committed, false, ErrorSubject::Store)
     }

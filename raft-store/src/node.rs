@@ -173,7 +173,7 @@ impl<M: StateMachine> RaftNode<M> {
             .map_err(|e| Error::Stopped(e.to_string()))?;
         let stop = CancellationToken::new();
         tokio::spawn(network::serve(listener, raft.clone(), handshake, votes_from, stop.clone()));
-        let reads = ReadIndex::start(raft.clone(), config.id, acks);
+        let reads = ReadIndex::start(raft.clone(), config.id, acks, log_stats.clone());
         let proposer = Proposer::start(raft.clone());
         tracing::info!(id = config.id, listen = %config.listen, "raft node started");
         Ok(Arc::new(RaftNode {

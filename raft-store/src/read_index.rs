@@ -8,7 +8,7 @@
 //! round. One task runs the rounds back to back.
 //!
 //! While the leader lease holds (see [`crate::lease`]) a read needs no round at all: it waits
-//! only until the state machine has applied the leader's last log index.
+//! only until the state machine has applied the commit index as it stood at the check.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
 use crate::lease::Acks;
+use crate::log_store::LogStats;
 use crate::types::{Member, NodeId, Raft};
 
 type Waiter = oneshot::Sender<Result<(), Error>>;
@@ -28,6 +29,7 @@ pub(crate) struct ReadIndex {
     raft: Raft,
     me: NodeId,
     acks: Arc<Acks>,
+    log: Arc<LogStats>,
     counts: Arc<Counts>,
 }
 
@@ -48,7 +50,7 @@ fn convert(e: &RaftError<NodeId, CheckIsLeaderError<NodeId, Member>>) -> Error {
 }
 
 impl ReadIndex {
-    pub(crate) fn start(raft: Raft, me: NodeId, acks: Arc<Acks>) -> Self {
+    pub(crate) fn start(raft: Raft, me: NodeId, acks: Arc<Acks>, log: Arc<LogStats>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
         let (r, counts) = (raft.clone(), Arc::new(Counts::default()));
         let c = counts.clone();
@@ -66,7 +68,7 @@ impl ReadIndex {
                 }
             }
         });
-        ReadIndex { tx, raft, me, acks, counts }
+        ReadIndex { tx, raft, me, acks, log, counts }
     }
 
     /// Returns once a read of the local state machine is linearizable.
@@ -89,12 +91,18 @@ impl ReadIndex {
     }
 
     /// Whether the lease made a read linearizable (after waiting, if need be, for the state
-    /// machine to apply the leader's last log index).
+    /// machine to apply what was committed when the lease was checked).
     async fn lease_read(&self) -> bool {
         let (index, applied) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
-            let Some(index) = self.acks.read_index(self.me, &m) else { return false };
+            if !self.acks.holds(self.me, &m) {
+                return false;
+            }
+            // Read after the check: a commit index from before it could miss a write that was
+            // acknowledged in between.
+            let committed = self.log.committed.load(Ordering::Acquire);
+            let Some(index) = committed.checked_sub(1) else { return false };
             (index, m.last_applied.map(|l| l.index))
         };
         if applied >= Some(index) {
