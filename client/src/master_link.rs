@@ -124,6 +124,28 @@ pub struct MasterClient {
     in_flight: Arc<StdMutex<BTreeSet<u64>>>,
 }
 
+/// Holds a request id in the session's in-flight set for as long as its call runs, including
+/// a call dropped half way (an aborted read-ahead): an id left behind would hold the
+/// session's low-water mark back for good, and the master would go on keeping (and rewriting
+/// with every change) up to thousands of replies of this session.
+struct InFlight<'a> {
+    set: &'a StdMutex<BTreeSet<u64>>,
+    id: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(set: &'a StdMutex<BTreeSet<u64>>, id: u64) -> Self {
+        set.lock().expect("in-flight lock").insert(id);
+        InFlight { set, id }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("in-flight lock").remove(&self.id);
+    }
+}
+
 /// A transient failure: try again (maybe elsewhere).
 enum Retry {
     /// The link broke or the master is not the leader: replace the link.
@@ -183,10 +205,8 @@ impl MasterClient {
     /// Sends a request and returns its reply, retrying through failovers.
     pub async fn call(&self, creds: &Creds, body: ClientRequest) -> Result<ClientReply, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.lock().expect("in-flight lock").insert(id);
-        let res = self.call_with_id(id, creds, body).await;
-        self.in_flight.lock().expect("in-flight lock").remove(&id);
-        res
+        let _in_flight = InFlight::new(&self.in_flight, id);
+        self.call_with_id(id, creds, body).await
     }
 
     fn low_water(&self, id: u64) -> u64 {
@@ -495,7 +515,44 @@ impl Retry {
 
 #[cfg(test)]
 mod tests {
-    use super::merge_peers;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_dropped_half_way_does_not_hold_the_low_water_mark_back() {
+        // No master answers at this address: the call keeps retrying until it is dropped.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let opts = Options {
+            masters: vec![addr.clone()],
+            path: "/".into(),
+            meta: false,
+            password: None,
+            client_name: "test".into(),
+            tool_of: None,
+            retry_for: Duration::from_secs(60),
+            connect_timeout: Duration::from_millis(100),
+        };
+        let c = MasterClient {
+            opts: Arc::new(opts),
+            state: Arc::new(Mutex::new(State {
+                link: None,
+                leader_hint: None,
+                session: None,
+                generation: 0,
+                peers: vec![addr],
+                next_peer: 0,
+                avoid: None,
+            })),
+            next_id: Arc::new(AtomicU64::new(1)),
+            in_flight: Arc::default(),
+        };
+        let root = Creds::root();
+        let call = c.call(&root, ClientRequest::MasterInfo);
+        assert!(tokio::time::timeout(Duration::from_millis(300), call).await.is_err(), "no master, no answer");
+        assert!(c.in_flight.lock().unwrap().is_empty(), "the dropped call's id is still in flight");
+        assert_eq!(c.low_water(7), 7);
+    }
 
     #[test]
     fn the_members_come_first_then_the_given_addresses_they_lack() {
