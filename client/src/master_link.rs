@@ -164,21 +164,7 @@ impl MasterClient {
         if opts.masters.is_empty() {
             return Err(CallError::Unavailable("no master address given".into()));
         }
-        let peers = opts.masters.clone();
-        let c = MasterClient {
-            opts: Arc::new(opts),
-            state: Arc::new(Mutex::new(State {
-                link: None,
-                leader_hint: None,
-                session: None,
-                generation: 0,
-                peers,
-                next_peer: 0,
-                avoid: None,
-            })),
-            next_id: Arc::new(AtomicU64::new(1)),
-            in_flight: Arc::default(),
-        };
+        let c = MasterClient::unconnected(opts);
         let deadline = Instant::now() + c.opts.retry_for;
         loop {
             match c.link().await {
@@ -200,6 +186,25 @@ impl MasterClient {
     /// The address of the master currently used.
     pub async fn current_master(&self) -> Option<String> {
         self.state.lock().await.link.as_ref().map(|l| l.addr.clone())
+    }
+
+    /// A client with no link yet (the first call makes one).
+    fn unconnected(opts: Options) -> MasterClient {
+        let peers = opts.masters.clone();
+        MasterClient {
+            opts: Arc::new(opts),
+            state: Arc::new(Mutex::new(State {
+                link: None,
+                leader_hint: None,
+                session: None,
+                generation: 0,
+                peers,
+                next_peer: 0,
+                avoid: None,
+            })),
+            next_id: Arc::new(AtomicU64::new(1)),
+            in_flight: Arc::default(),
+        }
     }
 
     /// Sends a request and returns its reply, retrying through failovers.
@@ -524,7 +529,7 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
         let opts = Options {
-            masters: vec![addr.clone()],
+            masters: vec![addr],
             path: "/".into(),
             meta: false,
             password: None,
@@ -533,20 +538,7 @@ mod tests {
             retry_for: Duration::from_secs(60),
             connect_timeout: Duration::from_millis(100),
         };
-        let c = MasterClient {
-            opts: Arc::new(opts),
-            state: Arc::new(Mutex::new(State {
-                link: None,
-                leader_hint: None,
-                session: None,
-                generation: 0,
-                peers: vec![addr],
-                next_peer: 0,
-                avoid: None,
-            })),
-            next_id: Arc::new(AtomicU64::new(1)),
-            in_flight: Arc::default(),
-        };
+        let c = MasterClient::unconnected(opts);
         let root = Creds::root();
         let call = c.call(&root, ClientRequest::MasterInfo);
         assert!(tokio::time::timeout(Duration::from_millis(300), call).await.is_err(), "no master, no answer");
