@@ -145,6 +145,9 @@ pub struct ChunkFile {
     direct: OnceLock<Option<File>>,
     /// Set when the file system refused a direct read or write: the page cache from then on.
     direct_refused: AtomicBool,
+    /// False for a file created by this process until a sync has made its name durable too
+    /// (the first sync also syncs the folder).
+    name_synced: AtomicBool,
 }
 
 fn header(id: ChunkId, version: ChunkVersion) -> Vec<u8> {
@@ -171,6 +174,7 @@ impl ChunkFile {
             crcs,
             direct: OnceLock::new(),
             direct_refused: AtomicBool::new(false),
+            name_synced: AtomicBool::new(true),
         }
     }
 
@@ -184,7 +188,9 @@ impl ChunkFile {
         let crcs = vec![zero_block_crc(); BLOCKS_PER_CHUNK as usize];
         file.write_all_at(&header(id, version), 0)?;
         file.write_all_at(&encode_crcs(&crcs), HEADER_SIZE)?;
-        Ok(ChunkFile::new(file, path, id, version, 0, crcs))
+        let f = ChunkFile::new(file, path, id, version, 0, crcs);
+        f.name_synced.store(false, Ordering::Relaxed);
+        Ok(f)
     }
 
     /// Opens a chunk file and checks its header against its name.
@@ -447,8 +453,15 @@ impl ChunkFile {
         Ok(())
     }
 
+    /// Makes the file durable, and its name in the folder if it was created by this process
+    /// and never synced.
     pub fn sync(&self) -> Result<()> {
-        Ok(self.file.sync_all()?)
+        self.file.sync_all()?;
+        if !self.name_synced.load(Ordering::Acquire) {
+            sync_parent(&self.path)?;
+            self.name_synced.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Moves the chunk to a new version: rewrites the header, syncs, renames to `new_path`.
@@ -458,6 +471,7 @@ impl ChunkFile {
         if new_path != self.path {
             std::fs::rename(&self.path, new_path)?;
             sync_parent(new_path)?;
+            self.name_synced.store(true, Ordering::Release);
         }
         self.version = version;
         self.path = new_path.to_path_buf();
@@ -595,6 +609,19 @@ mod tests {
             c.direct_refused.store(true, Ordering::Relaxed);
         }
         assert!(matches!(c.read(5 << 20, 2 << 20), Err(ChunkError::Crc { block: 96 })));
+    }
+
+    #[test]
+    fn a_new_file_and_its_name_are_synced_by_its_first_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = new_chunk(dir.path());
+        assert!(!c.name_synced.load(Ordering::Relaxed), "created: nothing synced yet");
+        c.write(0, &pattern(1, 5000)).unwrap();
+        c.sync().unwrap();
+        assert!(c.name_synced.load(Ordering::Relaxed));
+        let again = ChunkFile::open(&c.path).unwrap();
+        assert!(again.name_synced.load(Ordering::Relaxed), "a file found on disk was synced before");
+        assert_eq!(again.read(0, 5000).unwrap(), pattern(1, 5000));
     }
 
     #[test]

@@ -351,20 +351,17 @@ impl Store {
         self.folders.choose(&usage).ok_or_else(|| DataError::Io("no data folder has free space".into()))
     }
 
-    /// Order: create an empty replica.
+    /// Order: create an empty replica. It is not synced: it holds nothing anybody was told
+    /// is stored, and the sync of the first data written to it makes the file and its name
+    /// durable (a replica lost before that is one the master sees missing and copies again).
     pub async fn create(&self, id: ChunkId, version: ChunkVersion) -> Result<(), DataError> {
         self.drop_existing(id).await;
         let folder = self.choose_folder().await?;
         let path = self.folders.path(folder, default_subfolder(id), id, version);
-        let file = tokio::task::spawn_blocking(move || {
-            let f = ChunkFile::create(&path, id, version)?;
-            f.sync()?;
-            sync_parent(&path)?;
-            Ok::<_, ChunkError>(f)
-        })
-        .await
-        .map_err(join_error)?
-        .map_err(io_error)?;
+        let file = tokio::task::spawn_blocking(move || ChunkFile::create(&path, id, version))
+            .await
+            .map_err(join_error)?
+            .map_err(io_error)?;
         self.install(id, version, folder, file)
     }
 
@@ -443,7 +440,6 @@ impl Store {
                 d.truncate(len)?;
                 d.sync()?;
             }
-            sync_parent(&dst)?;
             Ok::<_, ChunkError>(d)
         })
         .await
