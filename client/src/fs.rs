@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alces_proto::link::client_master::{ClientReply, ClientRequest};
+use alces_proto::link::client_master::{ClientReply, ClientRequest, MAX_RELEASES};
 use alces_proto::types::{Attr, Creds, FileKind, Inode, Name, SetAttr, TimeSet, Timestamp, CHUNK_SIZE};
 use alces_proto::Status;
 use fuser::{
@@ -30,6 +30,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 
 use crate::data::DataPath;
 use crate::master_link::{CallError, MasterClient};
@@ -195,6 +196,31 @@ struct Inner {
     ahead_bytes: Arc<AtomicUsize>,
     handles: Mutex<HashMap<u64, Arc<Handle_>>>,
     next_fh: AtomicU64,
+    /// Closed handles on their way to the master (see [`send_releases`]).
+    releases: mpsc::UnboundedSender<Inode>,
+}
+
+/// How long a closed handle waits for others to be reported to the master with it. A file
+/// deleted while open is freed that much later; a program closing files one after another
+/// costs the master one commit per batch instead of one per file.
+const RELEASE_LINGER: Duration = Duration::from_millis(20);
+
+/// Reports closed handles to the master in batches, until the file system is dropped.
+async fn send_releases(master: MasterClient, mut rx: mpsc::UnboundedReceiver<Inode>) {
+    while let Some(first) = rx.recv().await {
+        tokio::time::sleep(RELEASE_LINGER).await;
+        let mut inodes = vec![first];
+        while inodes.len() < MAX_RELEASES {
+            match rx.try_recv() {
+                Ok(inode) => inodes.push(inode),
+                Err(_) => break,
+            }
+        }
+        let n = inodes.len();
+        if let Err(e) = master.call(&Creds::root(), ClientRequest::ReleaseMany { inodes }).await {
+            tracing::warn!(handles = n, error = %e, "releases not recorded");
+        }
+    }
 }
 
 /// The mounted file system.
@@ -548,6 +574,8 @@ impl Inner {
 impl AlcesFs {
     pub fn new(rt: Handle, master: MasterClient, opts: Options) -> AlcesFs {
         let data = DataPath::new(master.clone());
+        let (releases, rx) = mpsc::unbounded_channel();
+        rt.spawn(send_releases(master.clone(), rx));
         AlcesFs {
             inner: Arc::new(Inner {
                 rt,
@@ -559,6 +587,7 @@ impl AlcesFs {
                 ahead_bytes: Arc::default(),
                 handles: Mutex::default(),
                 next_fh: AtomicU64::new(1),
+                releases,
             }),
         }
     }
@@ -857,12 +886,7 @@ impl Filesystem for AlcesFs {
             let r = fs.flush(inode).await;
             // The master counts a session's handles on a file (a release and another
             // handle's open commute), so nobody needs to wait for this one.
-            let master = fs.master.clone();
-            tokio::spawn(async move {
-                if let Err(e) = master.call(&Creds::root(), ClientRequest::Release { inode }).await {
-                    tracing::warn!(inode = %inode, error = %e, "release not recorded");
-                }
-            });
+            let _ = fs.releases.send(inode);
             let still_open = fs
                 .handles
                 .lock()

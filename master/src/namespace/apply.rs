@@ -71,13 +71,12 @@ pub fn apply_op(t: &mut Txn<'_, '_>, op: MetaOp) -> Res<MetaReply> {
             Ok(MetaReply::Done)
         }
         OpBody::Release { session: s, inode } => {
-            let n = open_count(t, s, inode)?;
-            if n > 1 {
-                t.put_raw(CF_SESSIONS, &open_by_session(s, inode), (n - 1).to_le_bytes().to_vec());
-            } else {
-                t.delete(CF_SESSIONS, &open_by_session(s, inode));
-                t.delete(CF_SESSIONS, &open_by_inode(inode, s));
-                maybe_free_reserved(t, inode)?;
+            release_handle(t, s, inode)?;
+            Ok(MetaReply::Done)
+        }
+        OpBody::ReleaseMany { session: s, inodes } => {
+            for inode in inodes {
+                release_handle(t, s, inode)?;
             }
             Ok(MetaReply::Done)
         }
@@ -279,6 +278,19 @@ fn open_count(t: &Txn<'_, '_>, s: SessionId, ino: Inode) -> Res<u32> {
         None => 0,
         Some(v) => v.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes).unwrap_or(1),
     })
+}
+
+/// One handle of session `s` on `ino` is closed; the last one frees the file if it is reserved.
+fn release_handle(t: &mut Txn<'_, '_>, s: SessionId, ino: Inode) -> Res<()> {
+    let n = open_count(t, s, ino)?;
+    if n > 1 {
+        t.put_raw(CF_SESSIONS, &open_by_session(s, ino), (n - 1).to_le_bytes().to_vec());
+    } else {
+        t.delete(CF_SESSIONS, &open_by_session(s, ino));
+        t.delete(CF_SESSIONS, &open_by_inode(ino, s));
+        maybe_free_reserved(t, ino)?;
+    }
+    Ok(())
 }
 
 fn mark_open(t: &mut Txn<'_, '_>, s: SessionId, ino: Inode) -> Res<()> {

@@ -178,6 +178,11 @@ pub enum OpBody {
         src: Inode,
         creds: Creds,
     },
+    /// [`OpBody::Release`] of each inode in turn (a mount's closes, sent in batches).
+    ReleaseMany {
+        session: SessionId,
+        inodes: Vec<Inode>,
+    },
 }
 
 /// The outcome of a [`MetaOp`].

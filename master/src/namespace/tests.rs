@@ -585,6 +585,31 @@ fn files_deleted_while_open_are_reserved_until_released() {
 }
 
 #[test]
+fn a_batch_of_releases_counts_each_handle() {
+    let mut fs = Fs::new();
+    fs.ok(OpBody::SetTrashTime { inode: ROOT, trash_time: TrashTime(0), recursive: false, creds: root() });
+    let MetaReply::Session(s) = fs.ok(OpBody::OpenSession { info: super::tests_support::session_info() }) else {
+        panic!()
+    };
+    let (a, b, c) = (fs.file(ROOT, "a"), fs.file(ROOT, "b"), fs.file(ROOT, "c"));
+    for inode in [a, a, a, b, c] {
+        fs.ok(OpBody::Open { session: s, inode });
+    }
+    for n in ["a", "b", "c"] {
+        fs.ok(remove_op(ROOT, n, false));
+    }
+    // Two of a's three handles, and b's only one.
+    fs.ok(OpBody::ReleaseMany { session: s, inodes: vec![a, b, a] });
+    assert_eq!(fs.view().inode(a).unwrap().unwrap().state, InodeState::Reserved, "a handle of a is open");
+    assert!(fs.view().inode(b).unwrap().is_none());
+    assert_eq!(fs.view().inode(c).unwrap().unwrap().state, InodeState::Reserved);
+    fs.ok(OpBody::ReleaseMany { session: s, inodes: vec![c, a] });
+    assert!(fs.view().inode(a).unwrap().is_none());
+    assert!(fs.view().inode(c).unwrap().is_none());
+    assert!(fs.view().trash(b'r', None, 10).unwrap().is_empty());
+}
+
+#[test]
 fn snapshots_copy_trees_and_share_chunks() {
     let mut fs = Fs::new();
     let src = fs.mkdir(ROOT, "src");

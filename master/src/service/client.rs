@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use alces_proto::link::client_master::{
     ClientError, ClientReply, ClientRequest, DirSummary, MasterView, Register, Reply, Request, SessionView, TrashEntry,
+    MAX_RELEASES,
 };
 use alces_proto::types::{Attr, Creds, FileKind, Inode, Name, SessionId, CHUNK_SIZE};
 use alces_proto::{Connection, Handshake, LinkKind, Status};
@@ -517,11 +518,19 @@ async fn request(
                 let set = alces_proto::types::SetAttr { size: Some(0), ..Default::default() };
                 m.propose(OpBody::SetAttr { inode, set, creds: creds.clone(), handle: true }).await?;
             }
-            m.propose(OpBody::Open { session, inode }).await?;
+            // Recorded for retries: an open counted twice would keep a deleted file forever.
+            m.propose_from(origin, OpBody::Open { session, inode }).await?;
             Ok(ClientReply::Attr(outward(info, m.read().await?.getattr(inode)?)))
         }
         R::Release { inode } => {
-            m.propose(OpBody::Release { session, inode: ino(inode) }).await.map(|_| ClientReply::Done)
+            m.propose_from(origin, OpBody::Release { session, inode: ino(inode) }).await.map(|_| ClientReply::Done)
+        }
+        R::ReleaseMany { inodes } => {
+            if inodes.len() > MAX_RELEASES {
+                return Err(Status::Invalid.into());
+            }
+            let inodes = inodes.into_iter().map(ino).collect();
+            m.propose_from(origin, OpBody::ReleaseMany { session, inodes }).await.map(|_| ClientReply::Done)
         }
         R::GetXattr { inode, name } => Ok(ClientReply::Xattr(m.read().await?.getxattr(ino(inode), &name)?)),
         R::ListXattr { inode } => Ok(ClientReply::XattrNames(m.read().await?.listxattr(ino(inode))?)),

@@ -281,7 +281,15 @@ pub enum ClientRequest {
     Purge {
         inode: Inode,
     },
+    /// One `Release` per inode, in one request: a mount sends the handles closed since its
+    /// last such request (at most [`MAX_RELEASES`]).
+    ReleaseMany {
+        inodes: Vec<Inode>,
+    },
 }
+
+/// Inodes in one [`ClientRequest::ReleaseMany`], at most.
+pub const MAX_RELEASES: usize = 1024;
 
 /// A chunk of a file as the tools show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
