@@ -29,6 +29,8 @@ const LEASE_TIME: Duration = Duration::from_secs(60);
 /// to the chunk (a sequential writer's next buffer) needs no version change; another client
 /// takes it over at once.
 const IDLE_LEASE: Duration = Duration::from_secs(5);
+/// Chunk ids the leader sets aside at a time for new chunks (one commit per this many).
+const RESERVED_IDS: u32 = 1024;
 
 struct Lease {
     session: SessionId,
@@ -49,8 +51,11 @@ type Allocated = (ChunkId, ChunkVersion, Option<(ChunkId, ChunkVersion)>);
 pub struct Leases {
     leases: Mutex<HashMap<ChunkId, Lease>>,
     slots: Mutex<HashMap<(Inode, u32), SlotLock>>,
-    /// Chunks whose replicas are being moved to a new version right now.
+    /// Chunks whose replicas are being moved to a new version (or created) right now.
     bumping: Mutex<HashSet<ChunkId>>,
+    /// Chunk ids set aside through Raft and not given out yet. Unique for good, so they
+    /// stay usable if this node leads again later.
+    ids: tokio::sync::Mutex<std::ops::Range<u64>>,
 }
 
 /// Marks a chunk as being bumped until dropped.
@@ -128,11 +133,16 @@ impl Master {
     /// lost): it would then hold the new version without the writes made under it, and count
     /// as a valid copy once it is back. So when any server fails, the ones that confirmed are
     /// moved on once more, past any version the silent one can hold, before the commit.
+    ///
+    /// For a chunk being created (`new_in`: the empty file slot it is for), the commit puts
+    /// its record in the slot: replicas exist before the record, and ones left by a leader
+    /// that died in between are deleted as chunks nobody uses.
     async fn bump(
         &self,
         chunk: ChunkId,
         new_version: ChunkVersion,
         targets: Vec<(ChunkLocation, ChunkOrder)>,
+        new_in: Option<(Inode, u32)>,
     ) -> Result<(Vec<ChunkLocation>, ChunkVersion), ClientError> {
         if targets.is_empty() {
             return Err(ClientError::Unavailable(format!("no chunkserver can take chunk {}", chunk.hex())));
@@ -169,8 +179,18 @@ impl Master {
                 )));
             }
             if !failed {
-                self.propose(OpBody::SetChunkVersion { chunk, version }).await?;
-                return Ok((chain, version));
+                let commit = match new_in {
+                    None => OpBody::SetChunkVersion { chunk, version },
+                    Some((inode, index)) => OpBody::AddChunk { inode, index, chunk, version },
+                };
+                return match self.propose(commit).await {
+                    Ok(_) => Ok((chain, version)),
+                    // Only after a change of leader can the slot have been filled meanwhile.
+                    Err(ClientError::Status(Status::Exists)) => {
+                        Err(ClientError::Unavailable(format!("slot of chunk {} filled meanwhile", chunk.hex())))
+                    }
+                    Err(e) => Err(e),
+                };
             }
             let next = ChunkVersion(self.next_version(chunk, version).0.max(version.0 + 1));
             tracing::info!(chunk = %chunk.hex(), from = %version, to = %next, "moving the confirmed replicas past a version a silent server may hold");
@@ -178,6 +198,19 @@ impl Master {
                 chain.into_iter().map(|l| (l, ChunkOrder::SetVersion { chunk, from: version, to: next })).collect();
             version = next;
         }
+    }
+
+    /// An id for a new chunk, from the range set aside (a new range when it is used up).
+    async fn new_chunk_id(&self) -> Result<ChunkId, ClientError> {
+        let mut ids = self.leases.ids.lock().await;
+        if ids.is_empty() {
+            match self.propose(OpBody::ReserveChunkIds { count: RESERVED_IDS }).await? {
+                MetaReply::ChunkIds { first, count } => *ids = first.0..first.0 + count as u64,
+                other => return Err(unexpected(other)),
+            }
+        }
+        let id = ids.next().ok_or(ClientError::Status(Status::Io))?;
+        Ok(ChunkId(id))
     }
 
     /// A version for `chunk` above `current` and above every version a server reported.
@@ -195,7 +228,7 @@ impl Master {
         }
         let to = self.next_version(chunk, version);
         let targets = copies.into_iter().map(|(l, from)| (l, ChunkOrder::SetVersion { chunk, from, to })).collect();
-        let (_, to) = self.bump(chunk, to, targets).await?;
+        let (_, to) = self.bump(chunk, to, targets, None).await?;
         tracing::info!(chunk = %chunk.hex(), from = %version, to = %to, "replicas ahead of the metadata adopted");
         Ok(true)
     }
@@ -246,12 +279,24 @@ impl Master {
             }
         }
         let goal = file.goal.0 as usize;
-        let (chunk, version, copy_from) = match existing {
-            None => chunk_reply(self.propose(OpBody::AllocChunk { inode, index, replace: None }).await?)?,
-            Some((id, rec)) if rec.refs > 1 => {
-                chunk_reply(self.propose(OpBody::AllocChunk { inode, index, replace: Some(id) }).await?)?
-            }
-            Some((id, rec)) => (id, rec.version, None),
+        let Some((id, rec)) = existing else {
+            // A new chunk: replicas first, then its record and version in one commit.
+            let chunk = self.new_chunk_id().await?;
+            let version = self.next_version(chunk, ChunkVersion(0));
+            let targets = self
+                .topology
+                .place(goal, &[])
+                .into_iter()
+                .map(|l| (l, ChunkOrder::Create { chunk, version }))
+                .collect();
+            let (chain, version) = self.bump(chunk, version, targets, Some((inode, index))).await?;
+            return Ok(self.grant(session, file.size, chunk, version, chain));
+        };
+        let (chunk, version, copy_from) = if rec.refs > 1 {
+            chunk_reply(self.propose(OpBody::AllocChunk { inode, index, replace: Some(id) }).await?)?
+        } else {
+            // Version 0: allocated by a leader that died before any replica existed.
+            (id, rec.version, None)
         };
         let new_version = self.next_version(chunk, version);
         let targets: Vec<(ChunkLocation, ChunkOrder)> = match copy_from {
@@ -274,18 +319,22 @@ impl Master {
                 .map(|(l, from)| (l, ChunkOrder::SetVersion { chunk, from, to: new_version }))
                 .collect(),
         };
-        let (chain, new_version) = self.bump(chunk, new_version, targets).await?;
-        self.leases.leases.lock().expect("lease lock").insert(
-            chunk,
-            Lease {
-                session,
-                version: new_version,
-                chain: chain.clone(),
-                holders: 1,
-                expires: Instant::now() + LEASE_TIME,
-            },
-        );
-        Ok(ClientReply::WriteLease { file_size: file.size, chunk, version: new_version, chain })
+        let (chain, new_version) = self.bump(chunk, new_version, targets, None).await?;
+        Ok(self.grant(session, file.size, chunk, new_version, chain))
+    }
+
+    /// Records a write lease of `session` on a chunk whose replicas are at `version`.
+    fn grant(
+        &self,
+        session: SessionId,
+        file_size: u64,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain: Vec<ChunkLocation>,
+    ) -> ClientReply {
+        let lease = Lease { session, version, chain: chain.clone(), holders: 1, expires: Instant::now() + LEASE_TIME };
+        self.leases.leases.lock().expect("lease lock").insert(chunk, lease);
+        ClientReply::WriteLease { file_size, chunk, version, chain }
     }
 
     /// A writer is done: record the length and release its hold on the lease.
@@ -343,7 +392,7 @@ impl Master {
             (id, nv, targets)
         };
         self.leases.leases.lock().expect("lease lock").remove(&id);
-        self.bump(chunk, new_version, targets).await?;
+        self.bump(chunk, new_version, targets, None).await?;
         Ok(())
     }
 }

@@ -158,9 +158,11 @@ pub async fn pass(m: &Arc<Master>) -> usize {
     }
     let timeout = m.config.chunkserver_timeout;
     let counts = |s: &ServerView| s.counts(timeout);
-    // Listed before the read barrier: a chunk's record is committed before any replica of it
-    // is created, so a listed chunk the namespace does not have after the barrier was freed,
-    // not allocated too recently to be seen.
+    // Listed before the read barrier, so that a chunk allocated (record first, replicas after)
+    // too recently for the view is not listed. A new chunk's replicas are created before its
+    // record, under a bump marker that stays until the record is applied here: a listed
+    // chunk the view lacks is an orphan only if it is not being created now and is still
+    // not in the namespace (see `drop_orphan`).
     let mut known = m.topology.chunk_ids().into_iter().peekable();
     let mut rebalance = Rebalance::plan(&servers, m.config.acceptable_difference_ppm);
     let Ok(view) = m.read().await else { return 0 };
@@ -169,6 +171,10 @@ pub async fn pass(m: &Arc<Master>) -> usize {
     // (valid copies, work): the fewest copies first.
     let mut todo: Vec<(usize, Work)> = Vec::new();
     let mut drop_orphan = |chunk: ChunkId, todo: &mut Vec<(usize, Work)>| {
+        // In this order: a creation that ends between the two checks has its record applied.
+        if m.leases.is_leased(chunk) || !matches!(m.local_view().chunk(chunk), Ok(None)) {
+            return;
+        }
         orphans += 1;
         for r in m.topology.replicas(chunk) {
             if servers.get(&r.server).is_some_and(|s| s.connected) {

@@ -81,6 +81,24 @@ pub fn apply_op(t: &mut Txn<'_, '_>, op: MetaOp) -> Res<MetaReply> {
             Ok(MetaReply::Done)
         }
         OpBody::AllocChunk { inode, index, replace } => alloc_chunk(t, inode, index, replace),
+        OpBody::ReserveChunkIds { count } => {
+            let first = ChunkId(t.next_ids(NEXT_CHUNK, 1, count as u64)?);
+            Ok(MetaReply::ChunkIds { first, count })
+        }
+        OpBody::AddChunk { inode, index, chunk: id, version } => {
+            let r = writable_file(t, inode)?;
+            if t.file_chunk(inode, index)?.is_some() {
+                return Err(Status::Exists.into());
+            }
+            if id.0 == 0 || id.0 >= t.counter(NEXT_CHUNK)? || t.chunk(id)?.is_some() {
+                // Only ids set aside and never used may be given.
+                return Err(Status::Invalid.into());
+            }
+            t.put(CF_CHUNKS, &chunk(id), &ChunkRec { version, refs: 1, goal: r.goal });
+            t.put_file_chunk(inode, index, id);
+            t.add_counter(COUNT_CHUNKS, 1)?;
+            Ok(MetaReply::Done)
+        }
         OpBody::SetChunkVersion { chunk: id, version } => {
             let mut rec = t.chunk(id)?.ok_or(Status::NotFound)?;
             rec.version = version;

@@ -183,6 +183,19 @@ pub enum OpBody {
         session: SessionId,
         inodes: Vec<Inode>,
     },
+    /// Sets `count` chunk ids aside for the leader, which gives them to new chunks before
+    /// their records exist ([`OpBody::AddChunk`]); replies [`MetaReply::ChunkIds`].
+    ReserveChunkIds {
+        count: u32,
+    },
+    /// Puts a new chunk whose replicas already hold `version` into the empty slot `index`
+    /// of a file; `Exists` if the slot is no longer empty.
+    AddChunk {
+        inode: Inode,
+        index: u32,
+        chunk: ChunkId,
+        version: ChunkVersion,
+    },
 }
 
 /// The outcome of a [`MetaOp`].
@@ -205,4 +218,9 @@ pub enum MetaReply {
     },
     Freed(u64),
     Err(Status),
+    /// Chunk ids `first..first + count`, set aside.
+    ChunkIds {
+        first: ChunkId,
+        count: u32,
+    },
 }

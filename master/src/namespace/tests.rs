@@ -585,6 +585,30 @@ fn files_deleted_while_open_are_reserved_until_released() {
 }
 
 #[test]
+fn chunks_created_before_their_record_take_ids_set_aside() {
+    let mut fs = Fs::new();
+    let f = fs.file(ROOT, "f");
+    let MetaReply::ChunkIds { first, count: 8 } = fs.ok(OpBody::ReserveChunkIds { count: 8 }) else { panic!() };
+    let MetaReply::Chunk { chunk: allocated, .. } = fs.ok(OpBody::AllocChunk { inode: f, index: 0, replace: None })
+    else {
+        panic!()
+    };
+    assert!(allocated.0 >= first.0 + 8, "an allocation after a reservation takes an id outside it");
+    let MetaReply::ChunkIds { first: next, .. } = fs.ok(OpBody::ReserveChunkIds { count: 8 }) else { panic!() };
+    assert!(next.0 > allocated.0, "ranges and allocations never overlap");
+    let (id, version) = (ChunkId(first.0 + 3), ChunkVersion(1));
+    fs.ok(OpBody::AddChunk { inode: f, index: 1, chunk: id, version });
+    let (got, rec) = fs.view().file_chunk(f, 1).unwrap().unwrap();
+    assert_eq!((got, rec.version, rec.refs), (id, version, 1));
+    // A filled slot, an id in use, an id never set aside: refused, nothing changed.
+    assert_eq!(fs.err(OpBody::AddChunk { inode: f, index: 1, chunk: ChunkId(first.0 + 4), version }), Status::Exists);
+    assert_eq!(fs.err(OpBody::AddChunk { inode: f, index: 2, chunk: id, version }), Status::Invalid);
+    assert_eq!(fs.err(OpBody::AddChunk { inode: f, index: 2, chunk: ChunkId(next.0 + 100), version }), Status::Invalid);
+    assert!(fs.view().file_chunk(f, 2).unwrap().is_none());
+    assert!(fs.view().chunk(ChunkId(first.0 + 4)).unwrap().is_none());
+}
+
+#[test]
 fn a_batch_of_releases_counts_each_handle() {
     let mut fs = Fs::new();
     fs.ok(OpBody::SetTrashTime { inode: ROOT, trash_time: TrashTime(0), recursive: false, creds: root() });

@@ -120,8 +120,14 @@ impl<'c, 'd> Txn<'c, 'd> {
 
     /// The next id from a counter that starts at `first`.
     pub fn next_id(&mut self, key: &[u8], first: u64) -> Res<u64> {
+        self.next_ids(key, first, 1)
+    }
+
+    /// The first of `count` consecutive ids, none handed out before (the lowest is `first`).
+    pub fn next_ids(&mut self, key: &[u8], first: u64, count: u64) -> Res<u64> {
         let id = self.counter(key)?.max(first);
-        self.put(CF_INODES, key, &(id + 1));
+        let end = id.checked_add(count).ok_or(Status::NoSpace)?;
+        self.put(CF_INODES, key, &end);
         Ok(id)
     }
 
