@@ -9,7 +9,7 @@
 # leader kills. Everything is stopped at the end, also on failure.
 #
 # Usage: bench/run.sh [--quick] [--kills N] [WORKDIR]   (default WORKDIR: ./alces-bench)
-# The JSON figures are kept in WORKDIR/results.jsonl.
+# The JSON figures are kept in WORKDIR/results.jsonl; the clusters' data is removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -50,6 +50,8 @@ for target in "alces:$WORK/alces-mnt" "moosefs:$WORK/mfs-mnt" "local:$WORK/local
 done
 "$BIN/alces-cluster" down --dir "$WORK/alces" >/dev/null
 "$ROOT/bench/moosefs-down.sh" "$WORK/mfs" "$WORK/mfs-mnt" --netns >/dev/null
+# The clusters' data (gigabytes) is not needed any more; the figures stay.
+rm -rf "$WORK/alces" "$WORK/mfs" "$WORK/local"
 
 python3 "$ROOT/bench/table.py" "$WORK/results.jsonl"
 echo
