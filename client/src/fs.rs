@@ -5,7 +5,8 @@
 //! buffered per file within a memory budget and written out in whole chunks at `flush`,
 //! `fsync`, `close`, or when a file's buffer is full; reads see buffered data (a file's buffer
 //! is written out before it is read). Sequential reads are served from a read-ahead window.
-//! Attributes and entries are cached by the kernel for [`Options::attr_ttl`].
+//! Attributes and entries are cached by the kernel for [`Options::attr_ttl`], and the mount
+//! remembers for as long that a file lacks an extended attribute.
 //!
 //! A write-out that fails keeps its data buffered: the error goes to the call that asked for
 //! it, and the next `flush` or `fsync` of the file (from any descriptor) tries again, so an
@@ -19,7 +20,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alces_proto::link::client_master::{ClientReply, ClientRequest, MAX_RELEASES};
 use alces_proto::types::{Attr, Creds, FileKind, Inode, Name, SetAttr, TimeSet, Timestamp, CHUNK_SIZE};
@@ -198,6 +199,38 @@ struct Inner {
     next_fh: AtomicU64,
     /// Closed handles on their way to the master (see [`send_releases`]).
     releases: mpsc::UnboundedSender<Inode>,
+    /// Extended attributes the master said a file lacks, until when that answer is reused
+    /// (see [`Inner::missing_xattr`]).
+    no_xattr: Mutex<HashMap<(Inode, Vec<u8>), Instant>>,
+}
+
+/// Entries of the missing-xattr cache above which expired ones are dropped.
+const NO_XATTR_ENTRIES: usize = 1 << 16;
+
+impl Inner {
+    /// Whether the master said, less than `attr_ttl` ago, that the file has no attribute
+    /// `name`. The kernel asks for `security.capability` before every write to a file; with
+    /// this, a stream of writes costs one question per attribute lifetime, not one each.
+    fn missing_xattr(&self, inode: Inode, name: &[u8]) -> bool {
+        let map = self.no_xattr.lock().expect("xattr cache lock");
+        map.get(&(inode, name.to_vec())).is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn note_xattr(&self, inode: Inode, name: Vec<u8>, missing: bool) {
+        let mut map = self.no_xattr.lock().expect("xattr cache lock");
+        if !missing {
+            map.remove(&(inode, name));
+            return;
+        }
+        let now = Instant::now();
+        if map.len() >= NO_XATTR_ENTRIES {
+            map.retain(|_, until| *until > now);
+            if map.len() >= NO_XATTR_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert((inode, name), now + self.opts.attr_ttl);
+    }
 }
 
 /// How long a closed handle waits for others to be reported to the master with it. A file
@@ -588,6 +621,7 @@ impl AlcesFs {
                 handles: Mutex::default(),
                 next_fh: AtomicU64::new(1),
                 releases,
+                no_xattr: Mutex::default(),
             }),
         }
     }
@@ -987,8 +1021,13 @@ impl Filesystem for AlcesFs {
         let creds = creds(req);
         let (n, value) = (n.as_bytes().to_vec(), value.to_vec());
         self.spawn(move |fs| async move {
-            let body = ClientRequest::SetXattr { inode: Inode(ino.0), name: n, value, flags: flags as u32 };
-            reply_empty(reply, fs.call(&creds, body).await.map(|_| ()));
+            let inode = Inode(ino.0);
+            // Forgotten before and after: a "missing" answer that crossed this call is dropped.
+            fs.note_xattr(inode, n.clone(), false);
+            let body = ClientRequest::SetXattr { inode, name: n.clone(), value, flags: flags as u32 };
+            let r = fs.call(&creds, body).await.map(|_| ());
+            fs.note_xattr(inode, n, false);
+            reply_empty(reply, r);
         });
     }
 
@@ -997,12 +1036,20 @@ impl Filesystem for AlcesFs {
             return reply.error(Errno::ENODATA);
         }
         let creds = creds(req);
-        let n = n.as_bytes().to_vec();
+        let (inode, n) = (Inode(ino.0), n.as_bytes().to_vec());
+        if self.inner.missing_xattr(inode, &n) {
+            return reply.error(Errno::ENODATA);
+        }
         self.spawn(move |fs| async move {
-            match fs.call(&creds, ClientRequest::GetXattr { inode: Inode(ino.0), name: n }).await {
+            match fs.call(&creds, ClientRequest::GetXattr { inode, name: n.clone() }).await {
                 Ok(ClientReply::Xattr(v)) => xattr_reply(reply, size, &v),
                 Ok(_) => reply.error(Errno::EIO),
-                Err(e) => reply.error(e),
+                Err(e) => {
+                    if e == Errno::ENODATA {
+                        fs.note_xattr(inode, n, true);
+                    }
+                    reply.error(e)
+                }
             }
         });
     }
@@ -1032,10 +1079,10 @@ impl Filesystem for AlcesFs {
         let creds = creds(req);
         let n = n.as_bytes().to_vec();
         self.spawn(move |fs| async move {
-            reply_empty(
-                reply,
-                fs.call(&creds, ClientRequest::RemoveXattr { inode: Inode(ino.0), name: n }).await.map(|_| ()),
-            );
+            let inode = Inode(ino.0);
+            let r = fs.call(&creds, ClientRequest::RemoveXattr { inode, name: n.clone() }).await.map(|_| ());
+            fs.note_xattr(inode, n, r.is_ok());
+            reply_empty(reply, r);
         });
     }
 

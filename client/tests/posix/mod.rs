@@ -4,7 +4,7 @@
 //! either success or a message naming what was expected and what happened. The checks cover data
 //! paths (create/write/read, O_APPEND, O_TRUNC, truncate, sparse and large offsets, fsync),
 //! metadata (modes, umask, ownership, timestamps), the namespace (rename, link, unlink, symlinks,
-//! readdir, name limits, special files, error codes) and statvfs.
+//! readdir, name limits, special files, error codes), extended attributes and statvfs.
 //!
 //! The suite expects to run as root. Checks that need an unprivileged user run small commands
 //! (cat, ls, sh, rm, chmod, chown, touch) as nobody (65534:65534) through util-linux `setpriv`,
@@ -46,6 +46,7 @@ const CHECKS: &[(&str, CheckFn)] = &[
     ("fsync_and_close", fsync_and_close),
     ("mkdir_exists", mkdir_exists),
     ("statfs_sane", statfs_sane),
+    ("xattrs", xattrs),
 ];
 
 /// The unprivileged user and group the permission checks run as.
@@ -1051,4 +1052,33 @@ fn statfs_sane(dir: &Path) -> Result<(), String> {
     check!(files == 0 || ffree <= files, "statvfs: expected free inodes {ffree} <= inodes {files}");
     check!(s.name_max() >= 255, "statvfs: expected a name limit of at least 255, got {}", s.name_max());
     Ok(())
+}
+
+/// Extended attributes: a missing one, set, replaced, listed, removed, with writes between
+/// (the kernel asks for `security.capability` before each write).
+fn xattrs(dir: &Path) -> Result<(), String> {
+    let f = dir.join("f");
+    write(&f, b"x")?;
+    let no_attr = |what: &str, r: io::Result<Option<Vec<u8>>>| match r {
+        Ok(None) => Ok(()),
+        other => Err(format!("{what}: expected no attribute, got {other:?}")),
+    };
+    no_attr("a new file's user.a", xattr::get(&f, "user.a"))?;
+    xattr::set(&f, "user.a", b"one").ctx("setting user.a")?;
+    eq("user.a after set", Some(b"one".to_vec()), xattr::get(&f, "user.a").ctx("getting user.a")?)?;
+    fs::OpenOptions::new().append(true).open(&f).and_then(|mut h| h.write_all(b"y")).ctx("appending")?;
+    xattr::set(&f, "user.a", b"two").ctx("replacing user.a")?;
+    eq("user.a after replace", Some(b"two".to_vec()), xattr::get(&f, "user.a").ctx("getting user.a")?)?;
+    let names: Vec<String> = xattr::list(&f)
+        .ctx("listing")?
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("user."))
+        .collect();
+    eq("names", vec!["user.a".to_string()], names)?;
+    xattr::remove(&f, "user.a").ctx("removing user.a")?;
+    no_attr("user.a after remove", xattr::get(&f, "user.a"))?;
+    expect_errno("removing it again", xattr::remove(&f, "user.a"), &[Errno::ENODATA])?;
+    xattr::set(&f, "user.a", b"three").ctx("setting user.a again")?;
+    eq("user.a set again", Some(b"three".to_vec()), xattr::get(&f, "user.a").ctx("getting user.a")?)?;
+    eq("content", b"xy".to_vec(), read(&f)?)
 }
