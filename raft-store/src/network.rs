@@ -19,12 +19,13 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use openraft::ServerState;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::Acks;
-use crate::types::{Member, NodeId, Raft, TypeConfig};
+use crate::types::{LogId, Member, NodeId, Raft, TypeConfig};
 
 /// Peer frames carry up to `max_payload_entries` log entries or one snapshot chunk.
 pub const PEER_MAX_FRAME: usize = 64 << 20;
@@ -185,14 +186,63 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// Accepts peer connections until `stop` is cancelled. Vote requests are refused until
-/// `votes_from` (see [`crate::lease`]: a node that just started must not vote while a leader's
-/// lease may still hold).
+/// What the listening side knows about elections: when this node may vote at all, and when
+/// it last heard from a leader.
+pub(crate) struct Voting {
+    /// Vote requests are refused until then (see [`crate::lease`]: a node that just started
+    /// must not vote while a leader's lease may still hold).
+    votes_from: Instant,
+    /// How long without a leader's append before this node takes the leader for gone: the
+    /// followers' vote-refusal window, so no leader lease can still count on this node.
+    silence: Duration,
+    last_append: Mutex<Instant>,
+}
+
+impl Voting {
+    pub(crate) fn new(election_timeout_max: Duration) -> Arc<Voting> {
+        let now = Instant::now();
+        Arc::new(Voting {
+            votes_from: now + election_timeout_max,
+            silence: election_timeout_max,
+            last_append: Mutex::new(now),
+        })
+    }
+
+    fn heard_leader(&self) {
+        *self.last_append.lock().expect("voting lock") = Instant::now();
+    }
+
+    fn leader_silent(&self) -> bool {
+        let now = Instant::now();
+        now >= self.votes_from && now.duration_since(*self.last_append.lock().expect("voting lock")) > self.silence
+    }
+}
+
+/// After refusing a candidate whose log is behind this follower's while no leader has been
+/// heard from for a whole vote-refusal window: that candidate cannot win, and waiting for this
+/// node's own election timeout would add one more timeout to the failover, so it stands now.
+fn stand_after_refusing(raft: &Raft, voting: &Voting, candidate_last: Option<LogId>, resp: &VoteResponse<NodeId>) {
+    if resp.vote_granted || resp.last_log_id <= candidate_last || !voting.leader_silent() {
+        return;
+    }
+    if raft.metrics().borrow().state != ServerState::Follower {
+        return;
+    }
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        tracing::info!("refused a candidate with a shorter log while no leader is heard from: standing for election");
+        if let Err(e) = raft.trigger().elect().await {
+            tracing::debug!(error = %e, "could not stand for election");
+        }
+    });
+}
+
+/// Accepts peer connections until `stop` is cancelled (see [`Voting`] for votes).
 pub(crate) async fn serve(
     listener: TcpListener,
     raft: Raft,
     handshake: Handshake,
-    votes_from: Instant,
+    voting: Arc<Voting>,
     stop: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
@@ -212,11 +262,11 @@ pub(crate) async fn serve(
             tracing::warn!(peer = %addr, "too many peer connections; refusing one");
             continue;
         };
-        let (raft, handshake, stop) = (raft.clone(), handshake.clone(), stop.clone());
+        let (raft, handshake, stop, voting) = (raft.clone(), handshake.clone(), stop.clone(), voting.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = serve_connection(stream, addr, raft, handshake, votes_from) => {}
+                _ = serve_connection(stream, addr, raft, handshake, &voting) => {}
             }
             drop(permit);
         });
@@ -228,7 +278,7 @@ async fn serve_connection(
     addr: SocketAddr,
     raft: Raft,
     handshake: Handshake,
-    votes_from: Instant,
+    voting: &Voting,
 ) {
     let mut conn = match Connection::new(stream, PEER_MAX_FRAME) {
         Ok(c) => c,
@@ -247,11 +297,21 @@ async fn serve_connection(
             Err(e) => return tracing::warn!(peer = %addr, error = %e, "closing peer connection after a bad frame"),
         };
         let resp: Response = match req {
-            PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
-            PeerRequest::Vote(_) if Instant::now() < votes_from => {
+            PeerRequest::AppendEntries(r) => {
+                voting.heard_leader();
+                PeerResponse::AppendEntries(raft.append_entries(r).await)
+            }
+            PeerRequest::Vote(_) if Instant::now() < voting.votes_from => {
                 PeerResponse::Failed("started moments ago: not voting until a leader's lease has lapsed".into())
             }
-            PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
+            PeerRequest::Vote(r) => {
+                let candidate_last = r.last_log_id;
+                let resp = raft.vote(r).await;
+                if let Ok(v) = &resp {
+                    stand_after_refusing(&raft, voting, candidate_last, v);
+                }
+                PeerResponse::Vote(resp)
+            }
             PeerRequest::InstallSnapshot(r) => PeerResponse::InstallSnapshot(raft.install_snapshot(r).await),
             PeerRequest::TriggerElection => match raft.trigger().elect().await {
                 Ok(()) => PeerResponse::ElectionTriggered,

@@ -166,13 +166,13 @@ impl<M: StateMachine> RaftNode<M> {
         let lease = Duration::from_millis(config.election_timeout_max_ms / 2);
         let acks = Arc::new(Acks::new(lease));
         let network = PeerNetwork::new(handshake.clone(), acks.clone());
-        let votes_from = std::time::Instant::now() + Duration::from_millis(config.election_timeout_max_ms);
+        let voting = network::Voting::new(Duration::from_millis(config.election_timeout_max_ms));
         let listener = TcpListener::bind(config.listen).await?;
         let raft = Raft::new(config.id, raft_config, network.clone(), log, sm)
             .await
             .map_err(|e| Error::Stopped(e.to_string()))?;
         let stop = CancellationToken::new();
-        tokio::spawn(network::serve(listener, raft.clone(), handshake, votes_from, stop.clone()));
+        tokio::spawn(network::serve(listener, raft.clone(), handshake, voting, stop.clone()));
         let reads = ReadIndex::start(raft.clone(), config.id, acks, log_stats.clone());
         let proposer = Proposer::start(raft.clone());
         tracing::info!(id = config.id, listen = %config.listen, "raft node started");
