@@ -283,19 +283,13 @@ impl Master {
             // A new chunk: replicas first, then its record and version in one commit.
             let chunk = self.new_chunk_id().await?;
             let version = self.next_version(chunk, ChunkVersion(0));
-            let targets = self
-                .topology
-                .place(goal, &[])
-                .into_iter()
-                .map(|l| (l, ChunkOrder::Create { chunk, version }))
-                .collect();
+            let targets = self.create_orders(goal, chunk, version);
             let (chain, version) = self.bump(chunk, version, targets, Some((inode, index))).await?;
             return Ok(self.grant(session, file.size, chunk, version, chain));
         };
         let (chunk, version, copy_from) = if rec.refs > 1 {
             chunk_reply(self.propose(OpBody::AllocChunk { inode, index, replace: Some(id) }).await?)?
         } else {
-            // Version 0: allocated by a leader that died before any replica existed.
             (id, rec.version, None)
         };
         let new_version = self.next_version(chunk, version);
@@ -306,12 +300,8 @@ impl Master {
                 .into_iter()
                 .map(|l| (l, ChunkOrder::Duplicate { from: (old, old_v), to: (chunk, new_version), length: None }))
                 .collect(),
-            None if version.0 == 0 => self
-                .topology
-                .place(goal, &[])
-                .into_iter()
-                .map(|l| (l, ChunkOrder::Create { chunk, version: new_version }))
-                .collect(),
+            // Version 0: a record allocated before any replica existed, by a leader that died.
+            None if version.0 == 0 => self.create_orders(goal, chunk, new_version),
             None => self
                 .topology
                 .current_copies(chunk, version)
@@ -321,6 +311,11 @@ impl Master {
         };
         let (chain, new_version) = self.bump(chunk, new_version, targets, None).await?;
         Ok(self.grant(session, file.size, chunk, new_version, chain))
+    }
+
+    /// Orders creating `goal` empty replicas of `chunk` at `version`, on the servers chosen.
+    fn create_orders(&self, goal: usize, chunk: ChunkId, version: ChunkVersion) -> Vec<(ChunkLocation, ChunkOrder)> {
+        self.topology.place(goal, &[]).into_iter().map(|l| (l, ChunkOrder::Create { chunk, version })).collect()
     }
 
     /// Records a write lease of `session` on a chunk whose replicas are at `version`.

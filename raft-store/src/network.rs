@@ -222,10 +222,8 @@ impl Voting {
 /// heard from for a whole vote-refusal window: that candidate cannot win, and waiting for this
 /// node's own election timeout would add one more timeout to the failover, so it stands now.
 fn stand_after_refusing(raft: &Raft, voting: &Voting, candidate_last: Option<LogId>, resp: &VoteResponse<NodeId>) {
-    if resp.vote_granted || resp.last_log_id <= candidate_last || !voting.leader_silent() {
-        return;
-    }
-    if raft.metrics().borrow().state != ServerState::Follower {
+    let state = raft.metrics().borrow().state;
+    if !should_stand(resp, candidate_last, voting.leader_silent(), state) {
         return;
     }
     let raft = raft.clone();
@@ -235,6 +233,18 @@ fn stand_after_refusing(raft: &Raft, voting: &Voting, candidate_last: Option<Log
             tracing::debug!(error = %e, "could not stand for election");
         }
     });
+}
+
+/// Whether a node that answered a candidate (whose last log id is `candidate_last`) with
+/// `resp` should stand itself: only a follower that refused a candidate behind its own log,
+/// with no leader heard from (`leader_silent`). A leader never does: it would depose itself.
+fn should_stand(
+    resp: &VoteResponse<NodeId>,
+    candidate_last: Option<LogId>,
+    leader_silent: bool,
+    state: ServerState,
+) -> bool {
+    !resp.vote_granted && resp.last_log_id > candidate_last && leader_silent && state == ServerState::Follower
 }
 
 /// Accepts peer connections until `stop` is cancelled (see [`Voting`] for votes).
@@ -324,5 +334,45 @@ async fn serve_connection(
             }
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Vote};
+
+    use super::*;
+
+    fn log(term: u64, index: u64) -> Option<LogId> {
+        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    fn answer(granted: bool, last: Option<LogId>) -> VoteResponse<NodeId> {
+        VoteResponse { vote: Vote::new(3, 2), vote_granted: granted, last_log_id: last }
+    }
+
+    #[test]
+    fn only_a_follower_that_refused_a_candidate_behind_it_with_no_leader_heard_stands() {
+        let (behind, ahead) = (log(2, 10), log(2, 12));
+        assert!(should_stand(&answer(false, ahead), behind, true, ServerState::Follower));
+        // A leader still heard from, a granted vote, a candidate as far as this node or
+        // further, or a node that is not a follower: no election.
+        assert!(!should_stand(&answer(false, ahead), behind, false, ServerState::Follower));
+        assert!(!should_stand(&answer(true, ahead), behind, true, ServerState::Follower));
+        assert!(!should_stand(&answer(false, ahead), ahead, true, ServerState::Follower));
+        assert!(!should_stand(&answer(false, behind), ahead, true, ServerState::Follower));
+        for state in [ServerState::Leader, ServerState::Candidate, ServerState::Learner] {
+            assert!(!should_stand(&answer(false, ahead), behind, true, state), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_is_silent_only_after_the_window_with_no_append() {
+        let voting = Voting::new(Duration::from_millis(300));
+        assert!(!voting.leader_silent(), "just started");
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(voting.leader_silent());
+        voting.heard_leader();
+        assert!(!voting.leader_silent(), "an append just arrived");
     }
 }

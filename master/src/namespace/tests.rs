@@ -85,6 +85,13 @@ impl Fs {
         self.make(parent, name, FileKind::Dir, 0o755, &root())
     }
 
+    fn session(&mut self) -> SessionId {
+        match self.ok(OpBody::OpenSession { info: super::tests_support::session_info() }) {
+            MetaReply::Session(s) => s,
+            other => panic!("OpenSession replied {other:?}"),
+        }
+    }
+
     fn file(&mut self, parent: Inode, name: &str) -> Inode {
         self.make(parent, name, FileKind::File, 0o644, &root())
     }
@@ -527,9 +534,7 @@ fn trash_undelete_purge_and_expiry() {
 fn files_deleted_while_open_are_reserved_until_released() {
     let mut fs = Fs::new();
     fs.ok(OpBody::SetTrashTime { inode: ROOT, trash_time: TrashTime(0), recursive: false, creds: root() });
-    let MetaReply::Session(s) = fs.ok(OpBody::OpenSession { info: super::tests_support::session_info() }) else {
-        panic!()
-    };
+    let s = fs.session();
     let f = fs.file(ROOT, "f");
     fs.ok(OpBody::Open { session: s, inode: f });
     fs.ok(remove_op(ROOT, "f", false));
@@ -557,9 +562,7 @@ fn files_deleted_while_open_are_reserved_until_released() {
     assert_eq!(fs.err(OpBody::Open { session: s, inode: ROOT }), Status::Stale);
     // In the trash and open: expiry and purge keep it, reserved, until the handle goes.
     fs.ok(OpBody::SetTrashTime { inode: ROOT, trash_time: TrashTime(60), recursive: false, creds: root() });
-    let MetaReply::Session(s) = fs.ok(OpBody::OpenSession { info: super::tests_support::session_info() }) else {
-        panic!()
-    };
+    let s = fs.session();
     for purge in [false, true] {
         let k = fs.file(ROOT, "k");
         fs.ok(OpBody::Open { session: s, inode: k });
@@ -612,9 +615,7 @@ fn chunks_created_before_their_record_take_ids_set_aside() {
 fn a_batch_of_releases_counts_each_handle() {
     let mut fs = Fs::new();
     fs.ok(OpBody::SetTrashTime { inode: ROOT, trash_time: TrashTime(0), recursive: false, creds: root() });
-    let MetaReply::Session(s) = fs.ok(OpBody::OpenSession { info: super::tests_support::session_info() }) else {
-        panic!()
-    };
+    let s = fs.session();
     let (a, b, c) = (fs.file(ROOT, "a"), fs.file(ROOT, "b"), fs.file(ROOT, "c"));
     for inode in [a, a, a, b, c] {
         fs.ok(OpBody::Open { session: s, inode });
@@ -707,9 +708,7 @@ fn failed_operations_write_nothing() {
 #[test]
 fn a_retried_request_returns_the_recorded_reply_once_applied() {
     let mut fs = Fs::new();
-    let MetaReply::Session(s) = fs.ok(OpBody::OpenSession { info: super::tests_support::session_info() }) else {
-        panic!()
-    };
+    let s = fs.session();
     let send = |fs: &mut Fs, request: u64, low_water: u64, body: OpBody| {
         fs.index += 1;
         let origin = Some(Origin { session: s, request, low_water });
