@@ -159,18 +159,51 @@ impl Metrics {
     }
 }
 
+/// What a count of chunks by copies was computed from.
+#[derive(PartialEq, Eq)]
+pub(crate) struct CopiesKey {
+    applied: Option<u64>,
+    replica_changes: u64,
+    servers: Vec<u64>,
+    chunks: u64,
+}
+
+pub(crate) struct CopiesCache {
+    key: CopiesKey,
+    at: Instant,
+    counts: Vec<CopiesCount>,
+}
+
+impl CopiesCache {
+    /// Whether this count, `age` old, may answer for the state described by `key`.
+    fn serves(&self, key: &CopiesKey, age: Duration) -> bool {
+        let same_total = self.key.chunks == key.chunks && self.key.servers == key.servers;
+        self.key == *key || (same_total && age < COPIES_TTL)
+    }
+}
+
 impl Master {
-    /// Chunks by (goal, valid copies), recomputed at most every [`COPIES_TTL`].
+    /// Chunks by (goal, valid copies). A count is reused while nothing it depends on changed
+    /// (applied index, replica map, the servers that count), and for up to [`COPIES_TTL`]
+    /// while the chunk total it covers is still the current one, so that a busy cluster does
+    /// not rescan every chunk for each page refresh, yet the table never disagrees with the
+    /// chunk total shown beside it.
     fn chunk_copies(&self) -> Vec<CopiesCount> {
-        let mut cache = self.copies_cache.lock().expect("copies cache lock");
-        if let Some((at, v)) = &*cache {
-            if at.elapsed() < COPIES_TTL {
-                return v.clone();
-            }
-        }
         let view = self.local_view();
         // Copies on lost servers are not counted: they hide chunks under their goal.
         let counting = self.topology.counting(self.config.chunkserver_timeout);
+        let mut servers: Vec<u64> = counting.iter().map(|s| s.0).collect();
+        servers.sort_unstable();
+        let key = CopiesKey {
+            applied: self.node.status().applied,
+            replica_changes: self.topology.replica_changes(),
+            servers,
+            chunks: view.counter(COUNT_CHUNKS).unwrap_or(0),
+        };
+        let mut cache = self.copies_cache.lock().expect("copies cache lock");
+        if let Some(c) = cache.as_ref().filter(|c| c.serves(&key, c.at.elapsed())) {
+            return c.counts.clone();
+        }
         let mut counts: BTreeMap<(u8, u32), u64> = BTreeMap::new();
         let mut after: Option<ChunkId> = None;
         while let Ok(page) = view.chunks(after, 10_000) {
@@ -191,7 +224,7 @@ impl Master {
         }
         let v: Vec<CopiesCount> =
             counts.into_iter().map(|((goal, valid), chunks)| CopiesCount { goal, valid, chunks }).collect();
-        *cache = Some((Instant::now(), v.clone()));
+        *cache = Some(CopiesCache { key, at: Instant::now(), counts: v.clone() });
         v
     }
 
@@ -419,4 +452,28 @@ impl AdminBackend for Master {
 /// Serves the admin API of a master.
 pub async fn serve(m: Arc<Master>) -> std::io::Result<std::net::SocketAddr> {
     alces_ops::api::serve(m.config.admin_listen, m.clone(), m.stop.clone()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(applied: u64, replica_changes: u64, servers: &[u64], chunks: u64) -> CopiesKey {
+        CopiesKey { applied: Some(applied), replica_changes, servers: servers.to_vec(), chunks }
+    }
+
+    #[test]
+    fn a_count_of_copies_is_reused_only_while_it_covers_the_chunk_total() {
+        let cached = CopiesCache { key: key(10, 5, &[1, 2], 0), at: Instant::now(), counts: vec![] };
+        let young = Duration::from_millis(100);
+        let old = COPIES_TTL + Duration::from_secs(1);
+        // Nothing changed: reused at any age.
+        assert!(cached.serves(&key(10, 5, &[1, 2], 0), old));
+        // Writes moved the log and the replicas but not the chunk total: reused while young.
+        assert!(cached.serves(&key(12, 9, &[1, 2], 0), young));
+        assert!(!cached.serves(&key(12, 9, &[1, 2], 0), old));
+        // New chunks, or a server lost: recounted at once.
+        assert!(!cached.serves(&key(12, 9, &[1, 2], 6), young));
+        assert!(!cached.serves(&key(10, 5, &[1], 0), young));
+    }
 }

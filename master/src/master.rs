@@ -36,7 +36,7 @@ pub struct Master {
     sessions_seen: Mutex<HashMap<SessionId, Instant>>,
     pub stop: CancellationToken,
     pub(crate) metrics: crate::admin::Metrics,
-    pub(crate) copies_cache: Mutex<Option<(Instant, Vec<alces_ops::api::CopiesCount>)>>,
+    pub(crate) copies_cache: Mutex<Option<crate::admin::CopiesCache>>,
     /// The addresses the listeners actually bound (useful with port 0 in tests).
     pub client_addr: SocketAddr,
     pub cs_addr: SocketAddr,

@@ -70,6 +70,8 @@ struct Inner {
     orders: HashMap<u64, oneshot::Sender<Result<(), String>>>,
     next_order: u64,
     next_generation: u64,
+    /// Bumped by every change to `chunks`: equal counts mean an unchanged replica map.
+    replica_changes: u64,
 }
 
 #[derive(Default)]
@@ -86,6 +88,7 @@ fn set_replica(list: &mut Vec<Replica>, r: Replica) {
 
 impl Inner {
     fn drop_server_replicas(&mut self, id: ChunkserverId) {
+        self.replica_changes += 1;
         self.chunks.retain(|_, list| {
             list.retain(|r| r.server != id);
             !list.is_empty()
@@ -139,6 +142,7 @@ impl Topology {
     }
 
     fn touch(g: &mut Inner, id: ChunkserverId) {
+        g.replica_changes += 1;
         if let Some(s) = g.servers.get_mut(&id) {
             s.last_seen = Instant::now();
         }
@@ -188,6 +192,7 @@ impl Topology {
     /// Records a replica's new version once its server carried out an order.
     pub fn set_replica_version(&self, chunk: ChunkId, server: ChunkserverId, version: ChunkVersion) {
         let mut g = self.lock();
+        g.replica_changes += 1;
         let leaving =
             g.chunks.get(&chunk).and_then(|l| l.iter().find(|r| r.server == server)).is_some_and(|r| r.leaving);
         set_replica(g.chunks.entry(chunk).or_default(), Replica { server, version, leaving });
@@ -195,12 +200,19 @@ impl Topology {
 
     pub fn remove_replica(&self, chunk: ChunkId, server: ChunkserverId) {
         let mut g = self.lock();
+        g.replica_changes += 1;
         if let Some(list) = g.chunks.get_mut(&chunk) {
             list.retain(|r| r.server != server);
             if list.is_empty() {
                 g.chunks.remove(&chunk);
             }
         }
+    }
+
+    /// How many times the replica map has changed: a cache of anything computed from it is
+    /// current while this count is.
+    pub fn replica_changes(&self) -> u64 {
+        self.lock().replica_changes
     }
 
     /// Every chunk some server holds a replica of, in id order.

@@ -118,14 +118,17 @@ fn write_files(mnt: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Waits until every chunk has its goal of valid copies, and returns that view.
-fn settled(leader_admin: &str) -> Result<ClusterView> {
+/// Waits until a master sees every chunk with its goal of valid copies, and the chunkservers'
+/// own counts (from their heartbeats) add up to those copies; returns that view.
+fn settled(admin: &str) -> Result<ClusterView> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let v = fetch_cluster(leader_admin)?;
+        let v = fetch_cluster(admin)?;
         let all_at_goal = v.chunk_copies.iter().all(|k| k.valid as u64 == k.goal as u64);
         let counted: u64 = v.chunk_copies.iter().map(|k| k.chunks).sum();
-        if v.chunks >= 6 && counted == v.chunks && all_at_goal {
+        let copies: u64 = v.chunk_copies.iter().map(|k| k.valid as u64 * k.chunks).sum();
+        let held: u64 = v.chunkservers.iter().map(|s| s.chunks).sum();
+        if v.chunks >= 6 && counted == v.chunks && all_at_goal && held == copies {
             return Ok(v);
         }
         ensure!(Instant::now() < deadline, "chunks never settled at their goal: {:?}", v.chunk_copies);
@@ -141,13 +144,20 @@ fn the_monitor_shows_the_leader_the_chunkservers_and_the_chunk_counts() -> Resul
     let mut layout = Layout::new(tmp.path().join("cluster"), 3, 3)?;
     layout.mount = Some(mnt.clone());
     let c = Cluster::up(&layout)?;
-    write_files(&mnt)?;
-
     let leader = c.wait_leader(Duration::from_secs(30))?;
     let leader_admin = c.master(leader)?.admin_addr.clone();
-    let v = settled(&leader_admin)?;
-    // Served by a follower: the page shows what that master knows, which names the leader.
     let follower = c.file.masters.iter().find(|m| m.id != leader).context("a follower")?;
+    // A count of copies taken while there were no chunks must not outlive them: the table
+    // always covers the chunk total shown beside it.
+    ensure!(fetch_cluster(&follower.admin_addr)?.chunk_copies.is_empty(), "copies before any file");
+    write_files(&mnt)?;
+    settled(&leader_admin)?;
+    let first = fetch_cluster(&follower.admin_addr)?;
+    let counted: u64 = first.chunk_copies.iter().map(|k| k.chunks).sum();
+    ensure!(counted == first.chunks, "copies table covers {counted} of {} chunks", first.chunks);
+
+    // Served by a follower: the page shows what that master knows, which names the leader.
+    let v = settled(&follower.admin_addr)?;
     let url = format!("http://{}/", follower.admin_addr);
     let profile = tmp.path().join("chromium-profile");
     let dom = render(&browser, &url, None, &profile)?;
