@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, MAX_READ};
-use alces_proto::link::cs_cs::{PeerDataReply, PeerDataRequest};
+use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, DataRequestRef, MAX_READ};
+use alces_proto::link::cs_cs::{PeerDataReply, PeerDataRequest, PeerDataRequestRef};
 use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, ChunkserverId};
 use alces_proto::{Connection, FrameError, Handshake, LinkKind, Secret};
 use tokio::net::TcpListener;
@@ -174,6 +174,16 @@ enum Job {
 struct Downstream {
     writer: alces_proto::frame::FrameWriter,
     server: ChunkserverId,
+}
+
+impl Downstream {
+    /// Sends one request to the next server. A failure is only logged: the acker reports it
+    /// when that server's replies stop.
+    async fn forward<T: serde::Serialize>(&mut self, msg: &T) {
+        if let Err(e) = self.writer.send(msg).await {
+            tracing::warn!(next = %self.server, error = %e, "forwarding along the chain failed");
+        }
+    }
 }
 
 /// Connects to another chunkserver's data port as a peer (chain forwarding, replication).
@@ -361,26 +371,25 @@ async fn write_session(
             Ok(Some(PeerDataRequest::Chain(r))) => r,
             Ok(Some(_)) | Ok(None) | Err(_) => break false,
         };
-        let (job, forward) = match req {
+        let job = match req {
             DataRequest::WriteData { id, offset, data } => {
-                let fwd = downstream.as_ref().map(|_| DataRequest::WriteData { id, offset, data: data.clone() });
-                (Job::Write { id, offset, data }, fwd)
+                if let Some(d) = downstream.as_mut() {
+                    d.forward(&PeerDataRequestRef::Chain(DataRequestRef::WriteData { id, offset, data: &data })).await;
+                }
+                Job::Write { id, offset, data }
             }
             DataRequest::WriteFinish { id } => {
                 finishing = true;
-                (Job::Finish { id }, Some(DataRequest::WriteFinish { id }))
+                if let Some(d) = downstream.as_mut() {
+                    d.forward(&PeerDataRequest::Chain(DataRequest::WriteFinish { id })).await;
+                }
+                Job::Finish { id }
             }
             other => {
                 tracing::warn!(peer = %incoming.addr, request = kind(&other), "unexpected request inside a write");
                 break false;
             }
         };
-        if let (Some(d), Some(f)) = (downstream.as_mut(), forward) {
-            if let Err(e) = d.writer.send(&PeerDataRequest::Chain(f)).await {
-                tracing::warn!(next = %d.server, error = %e, "forwarding along the chain failed");
-                // The acker reports the failure when the next server's replies stop.
-            }
-        }
         if job_tx.send(job).await.is_err() {
             break false;
         }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, MAX_READ, MAX_WRITE};
+use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, DataRequestRef, MAX_READ, MAX_WRITE};
 use alces_proto::link::client_master::{ClientReply, ClientRequest};
 use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, Creds, Inode, CHUNK_SIZE};
 use alces_proto::{Connection, FrameReader, Handshake, LinkKind, Status};
@@ -282,10 +282,7 @@ impl DataPath {
         while acked < total {
             while sent < total && sent - acked < WRITE_WINDOW as u64 {
                 let (offset, data) = split[sent as usize];
-                writer
-                    .feed(&DataRequest::WriteData { id: sent, offset, data: data.to_vec() })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                writer.feed(&DataRequestRef::WriteData { id: sent, offset, data }).await.map_err(|e| e.to_string())?;
                 sent += 1;
             }
             writer.flush().await.map_err(|e| e.to_string())?;

@@ -32,6 +32,28 @@ pub fn encode<T: Serialize + ?Sized>(msg: &T) -> Vec<u8> {
     }
 }
 
+/// Encodes a message as a whole frame: a 4-byte big-endian length (of the payload) and the
+/// payload, in one buffer, so that the frame goes to the socket without another copy. A
+/// payload longer than `u32::MAX` bytes gets no valid header; callers check their frame limit
+/// (always far below) before writing it.
+pub fn encode_frame<T: Serialize + ?Sized>(msg: &T) -> Vec<u8> {
+    struct Out(Vec<u8>);
+    impl bincode::enc::write::Writer for Out {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            self.0.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+    let mut out = Out(vec![0u8; 4]);
+    if let Err(e) = bincode::serde::encode_into_writer(msg, &mut out, config()) {
+        panic!("message type cannot be encoded (a bug in its definition): {e}");
+    }
+    let mut frame = out.0;
+    let len = u32::try_from(frame.len() - 4).unwrap_or(u32::MAX);
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    frame
+}
+
 /// Decodes a whole payload: trailing bytes are an error, so a frame is one message exactly.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (msg, used) = bincode::serde::decode_from_slice(bytes, config())?;
@@ -51,6 +73,15 @@ mod tests {
         A { name: String, list: Vec<u64> },
         B(Option<Box<Sample>>),
         C([u8; 4]),
+    }
+
+    #[test]
+    fn a_frame_is_the_length_and_the_payload() {
+        let v = Sample::A { name: "frame".into(), list: vec![3; 40] };
+        let frame = encode_frame(&v);
+        let payload = encode(&v);
+        assert_eq!(frame[..4], (payload.len() as u32).to_be_bytes());
+        assert_eq!(frame[4..], payload[..]);
     }
 
     #[test]

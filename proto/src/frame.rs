@@ -8,19 +8,27 @@
 //! [`Connection`] can be split into a [`FrameReader`] and a [`FrameWriter`] so that one task
 //! reads requests while another writes replies out of order.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use bytes::{Buf, Bytes};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use crate::codec::{self, DecodeError};
+
+/// Queued outgoing bytes beyond which [`FrameWriter::feed`] writes them out at once, so that a
+/// long batch does not pile up in memory.
+const FEED_HIGH_WATER: usize = 1 << 20;
+/// Frames handed to one vectored write at most.
+const IOV_MAX: usize = 64;
 
 /// Frame limit of links that carry metadata and 64 KiB data blocks.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
@@ -78,9 +86,13 @@ pub struct FrameReader {
     max_frame: usize,
 }
 
-/// The writing half of a connection.
+/// The writing half of a connection. Frames are encoded with their length prefix in one
+/// buffer ([`codec::encode_frame`]) and written with vectored writes straight from there.
 pub struct FrameWriter {
-    inner: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    w: OwnedWriteHalf,
+    /// Whole frames not yet written; the first may be partly written.
+    queue: VecDeque<Bytes>,
+    queued: usize,
     max_frame: usize,
 }
 
@@ -109,17 +121,55 @@ impl FrameReader {
 }
 
 impl FrameWriter {
-    /// Queues one message without flushing; call [`FrameWriter::flush`] after a batch.
-    pub async fn feed<T: Serialize + ?Sized>(&mut self, msg: &T) -> Result<(), FrameError> {
-        let bytes = codec::encode(msg);
-        if bytes.len() > self.max_frame {
-            return Err(FrameError::TooLarge { len: bytes.len(), limit: self.max_frame });
-        }
-        self.inner.feed(Bytes::from(bytes)).await.map_err(|e| FrameError::from_io(e, self.max_frame))
+    fn new(w: OwnedWriteHalf, max_frame: usize) -> Self {
+        FrameWriter { w, queue: VecDeque::new(), queued: 0, max_frame }
     }
 
+    /// Queues one message without flushing; call [`FrameWriter::flush`] after a batch.
+    pub async fn feed<T: Serialize + ?Sized>(&mut self, msg: &T) -> Result<(), FrameError> {
+        let frame = codec::encode_frame(msg);
+        let len = frame.len() - 4;
+        if len > self.max_frame {
+            return Err(FrameError::TooLarge { len, limit: self.max_frame });
+        }
+        self.push(Bytes::from(frame)).await
+    }
+
+    async fn push(&mut self, frame: Bytes) -> Result<(), FrameError> {
+        self.queued += frame.len();
+        self.queue.push_back(frame);
+        if self.queued >= FEED_HIGH_WATER {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes out every queued frame. Cancel-safe: what a cancelled flush did not write stays
+    /// queued, from the first unwritten byte.
     pub async fn flush(&mut self) -> Result<(), FrameError> {
-        SinkExt::<Bytes>::flush(&mut self.inner).await.map_err(|e| FrameError::from_io(e, self.max_frame))
+        while !self.queue.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self.queue.iter().take(IOV_MAX).map(|b| IoSlice::new(b)).collect();
+            let n = self.w.write_vectored(&slices).await.map_err(FrameError::Io)?;
+            if n == 0 {
+                return Err(FrameError::Io(io::ErrorKind::WriteZero.into()));
+            }
+            self.consumed(n);
+        }
+        Ok(())
+    }
+
+    /// Drops the first `n` queued bytes (they were written).
+    fn consumed(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else { return };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.queue.pop_front();
+        }
     }
 
     /// Writes one message and flushes it.
@@ -148,7 +198,13 @@ impl FrameWriter {
 
     /// Writes raw bytes as one frame (used by tests that send garbage on purpose).
     pub async fn send_raw(&mut self, payload: Bytes) -> Result<(), FrameError> {
-        self.inner.send(payload).await.map_err(|e| FrameError::from_io(e, self.max_frame))
+        if payload.len() > self.max_frame {
+            return Err(FrameError::TooLarge { len: payload.len(), limit: self.max_frame });
+        }
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        self.push(Bytes::from(frame)).await?;
+        self.flush().await
     }
 }
 
@@ -167,7 +223,7 @@ impl Connection {
         let (r, w) = stream.into_split();
         Ok(Connection {
             reader: FrameReader { inner: FramedRead::new(r, codec(max_frame)), max_frame },
-            writer: FrameWriter { inner: FramedWrite::new(w, codec(max_frame)), max_frame },
+            writer: FrameWriter::new(w, max_frame),
             peer,
         })
     }
@@ -217,11 +273,11 @@ impl Connection {
 
     /// Puts a split connection back together, if nothing is left half-read or unsent.
     pub fn rejoin(reader: FrameReader, writer: FrameWriter) -> Option<Connection> {
-        if !reader.inner.read_buffer().is_empty() || !writer.inner.write_buffer().is_empty() {
+        if !reader.inner.read_buffer().is_empty() || !writer.queue.is_empty() {
             return None;
         }
         let (max_frame, r) = (reader.max_frame, reader.inner.into_inner());
-        let w = writer.inner.into_inner();
+        let w = writer.w;
         let stream = r.reunite(w).ok()?;
         Connection::new(stream, max_frame).ok()
     }
@@ -255,6 +311,29 @@ mod tests {
         let n: usize = c.call(&vec!["a".to_string(), "b".to_string()], Duration::from_secs(5)).await.unwrap();
         assert_eq!(n, 2);
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn large_frames_fed_in_a_batch_arrive_whole_and_in_order() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut c = Connection::new(s, 8 << 20).unwrap();
+            let mut got = Vec::new();
+            while let Some(m) = c.recv::<(u32, Vec<u8>)>().await.unwrap() {
+                got.push(m);
+            }
+            got
+        });
+        let mut c = Connection::connect(addr, 8 << 20, Duration::from_secs(5)).await.unwrap();
+        let sent: Vec<(u32, Vec<u8>)> = (0..7u32).map(|i| (i, vec![i as u8; (3 << 20) + i as usize * 1001])).collect();
+        for m in &sent {
+            c.writer.feed(m).await.unwrap();
+        }
+        c.writer.flush().await.unwrap();
+        drop(c);
+        assert!(reader.await.unwrap() == sent);
     }
 
     #[tokio::test]

@@ -46,6 +46,23 @@ pub enum DataRequest {
     },
 }
 
+/// [`DataRequest::WriteData`] over borrowed bytes, for senders: it encodes to exactly the
+/// payload of that variant without the data being copied into a request first. The variants
+/// before it only hold their places (a variant is encoded as its index).
+#[derive(Debug, Serialize)]
+pub enum DataRequestRef<'a> {
+    #[allow(dead_code)]
+    Read,
+    #[allow(dead_code)]
+    WriteStart,
+    WriteData {
+        id: u64,
+        offset: u32,
+        #[serde(with = "serde_bytes")]
+        data: &'a [u8],
+    },
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum DataReply {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
