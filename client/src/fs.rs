@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 
 use crate::data::DataPath;
 use crate::master_link::{CallError, MasterClient};
+use crate::spare::Spare;
 
 /// The control file at the mount root that the `alces` tools read to find the cluster.
 pub const MASTERINFO_NAME: &str = ".masterinfo";
@@ -65,7 +66,7 @@ impl Default for Options {
         Options {
             attr_ttl: Duration::from_secs(1),
             open_flags: FopenFlags::empty(),
-            flush_at: 16 << 20,
+            flush_at: 64 << 20,
             write_budget: 256 << 20,
             read_ahead: 8 << 20,
             read_budget: 256 << 20,
@@ -103,7 +104,8 @@ impl Dirty {
     /// Buffers `data` at `offset`, merged with every extent it overlaps or touches. The
     /// first of those (when it starts at or before `offset`) grows in place, so sequential
     /// writes append to one buffer instead of copying it again each time.
-    fn add(&mut self, offset: u64, data: &[u8]) {
+    /// A new extent starts in the buffer `fresh` gives.
+    fn add(&mut self, offset: u64, data: &[u8], fresh: impl FnOnce() -> Vec<u8>) {
         let end = offset + data.len() as u64;
         let touching: Vec<u64> =
             self.extents.range(..=end).filter(|(o, d)| **o + d.len() as u64 >= offset).map(|(o, _)| *o).collect();
@@ -114,7 +116,7 @@ impl Dirty {
                 self.bytes -= d.len();
                 (o, d)
             }
-            None => (offset, Vec::new()),
+            None => (offset, fresh()),
         };
         for o in touching.into_iter().filter(|o| Some(*o) != base) {
             let Some(d) = self.extents.remove(&o) else { continue };
@@ -202,6 +204,8 @@ struct Inner {
     /// Extended attributes the master said a file lacks, until when that answer is reused
     /// (see [`Inner::missing_xattr`]).
     no_xattr: Mutex<HashMap<(Inode, Vec<u8>), Instant>>,
+    /// Emptied write buffers for the next writes (see [`crate::spare`]).
+    spare: Arc<Spare>,
 }
 
 /// Entries of the missing-xattr cache above which expired ones are dropped.
@@ -237,6 +241,10 @@ impl Inner {
 /// deleted while open is freed that much later; a program closing files one after another
 /// costs the master one commit per batch instead of one per file.
 const RELEASE_LINGER: Duration = Duration::from_millis(20);
+/// Emptied write buffers kept for reuse (one being filled, one going out, one to spare), and
+/// how long one is kept unused.
+const SPARE_BUFFERS: usize = 3;
+const SPARE_IDLE: Duration = Duration::from_secs(5);
 
 /// Reports closed handles to the master in batches, until the file system is dropped.
 async fn send_releases(master: MasterClient, mut rx: mpsc::UnboundedReceiver<Inode>) {
@@ -414,7 +422,7 @@ impl Inner {
         let newer = std::mem::replace(buf, older);
         let before = buf.bytes + newer.bytes;
         for (offset, data) in &newer.extents {
-            buf.add(*offset, data);
+            buf.add(*offset, data, Vec::new);
         }
         buf.max_end = buf.max_end.max(newer.max_end);
         self.dirty_bytes.fetch_sub(before - buf.bytes, Ordering::Relaxed);
@@ -457,7 +465,9 @@ impl Inner {
             tracing::warn!(inode = %inode, bytes = buf.bytes, error = %e, "write-out failed; the data stays buffered");
             return Err(errno(e));
         }
-        buf.extents.clear();
+        for (_, data) in std::mem::take(&mut buf.extents) {
+            self.spare.give(data);
+        }
         self.dirty_bytes.fetch_sub(std::mem::take(&mut buf.bytes), Ordering::Relaxed);
         Ok(())
     }
@@ -470,7 +480,10 @@ impl Inner {
         let len = data.len() as u32;
         let d = self.dirty_of(inode);
         let mut buf = d.buf.lock().await;
-        let full = buf.bytes + data.len() > self.opts.flush_at
+        // At most half the budget per write-out, so that a file can fill one buffer while
+        // the other goes out even with a small budget.
+        let flush_at = self.opts.flush_at.min(self.opts.write_budget / 2).max(1);
+        let full = buf.bytes + data.len() > flush_at
             || self.dirty_bytes.load(Ordering::Relaxed) + data.len() > self.opts.write_budget;
         if full {
             let (mut out, failed) = self.settle(&d, &mut buf).await;
@@ -487,7 +500,7 @@ impl Inner {
             }
         }
         let before = buf.bytes;
-        buf.add(offset, &data);
+        buf.add(offset, &data, || self.spare.take());
         if buf.bytes >= before {
             self.dirty_bytes.fetch_add(buf.bytes - before, Ordering::Relaxed);
         } else {
@@ -609,6 +622,14 @@ impl AlcesFs {
         let data = DataPath::new(master.clone());
         let (releases, rx) = mpsc::unbounded_channel();
         rt.spawn(send_releases(master.clone(), rx));
+        let spare = Arc::new(Spare::new(SPARE_BUFFERS));
+        let trimmed = spare.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(SPARE_IDLE).await;
+                trimmed.trim(SPARE_IDLE);
+            }
+        });
         AlcesFs {
             inner: Arc::new(Inner {
                 rt,
@@ -622,6 +643,7 @@ impl AlcesFs {
                 next_fh: AtomicU64::new(1),
                 releases,
                 no_xattr: Mutex::default(),
+                spare,
             }),
         }
     }
@@ -1210,10 +1232,10 @@ mod tests {
     #[test]
     fn dirty_extents_merge_and_cut() {
         let mut d = Dirty::default();
-        d.add(100, b"abcd");
-        d.add(104, b"ef");
-        d.add(0, b"xy");
-        d.add(102, b"ZZZZZZ");
+        d.add(100, b"abcd", Vec::new);
+        d.add(104, b"ef", Vec::new);
+        d.add(0, b"xy", Vec::new);
+        d.add(102, b"ZZZZZZ", Vec::new);
         assert_eq!(extents(&d), vec![(0, b"xy".to_vec()), (100, b"abZZZZZZ".to_vec())]);
         assert_eq!(d.bytes, 10);
         assert_eq!(d.max_end, 108);
@@ -1229,25 +1251,25 @@ mod tests {
     fn sequential_writes_grow_one_extent_and_overlaps_keep_the_newest_bytes() {
         let mut d = Dirty::default();
         for i in 0..64u64 {
-            d.add(i * 4, &[i as u8; 4]);
+            d.add(i * 4, &[i as u8; 4], Vec::new);
         }
         assert_eq!(d.extents.len(), 1);
         assert_eq!((d.bytes, d.max_end), (256, 256));
         assert_eq!(&d.extents[&0][252..], &[63u8; 4]);
         // A write that starts before every extent and covers two of them.
         let mut d = Dirty::default();
-        d.add(10, b"bbbb");
-        d.add(20, b"cccc");
-        d.add(8, b"AAAAAAAAAAAAAA");
+        d.add(10, b"bbbb", Vec::new);
+        d.add(20, b"cccc", Vec::new);
+        d.add(8, b"AAAAAAAAAAAAAA", Vec::new);
         assert_eq!(extents(&d), vec![(8, b"AAAAAAAAAAAAAAcc".to_vec())]);
         assert_eq!(d.bytes, 16);
         // A write inside an extent; one that touches the next extent only; one bridging two.
-        d.add(9, b"x");
-        d.add(30, b"zz");
-        d.add(26, b"yyyy");
+        d.add(9, b"x", Vec::new);
+        d.add(30, b"zz", Vec::new);
+        d.add(26, b"yyyy", Vec::new);
         assert_eq!(extents(&d), vec![(8, b"AxAAAAAAAAAAAAcc".to_vec()), (26, b"yyyyzz".to_vec())]);
         assert_eq!(d.bytes, 22);
-        d.add(24, b"##");
+        d.add(24, b"##", Vec::new);
         assert_eq!(extents(&d), vec![(8, b"AxAAAAAAAAAAAAcc##yyyyzz".to_vec())]);
         assert_eq!((d.bytes, d.max_end), (24, 32));
     }

@@ -8,6 +8,7 @@ pub mod data;
 pub mod fs;
 pub mod master_link;
 pub mod meta_fs;
+mod spare;
 
 /// A size in binary units (`1.5 GiB`), as the tools print it.
 pub fn human(n: u64) -> String {

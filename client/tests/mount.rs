@@ -336,19 +336,23 @@ fn a_failed_write_out_keeps_its_data_for_the_next_fsync() -> Result<()> {
     let dup = nix::unistd::dup(&f)?;
     let closed = nix::unistd::close(dup);
     ensure!(closed == Err(nix::errno::Errno::EIO), "the close whose write-out failed returned {closed:?}");
-    // A big file: its first full buffer (16 MiB) goes to a write-out in the background, which
-    // fails; the write that finds the next buffer full tries it again, fails, and is refused.
+    // A big file: its first full buffer goes to a write-out in the background, which fails;
+    // the write that finds the next buffer full tries it again, fails, and is refused.
+    let buffer_mib = alces_client::fs::Options::default().flush_at >> 20;
     let big_path = mnt.join("big");
     let mut big = fs::File::create(&big_path)?;
     let piece = |i: usize| pseudo_random_bytes(i as u64, 1 << 20);
     let mut accepted = 0;
-    for i in 0..64 {
+    for i in 0..4 * buffer_mib {
         if big.write_all(&piece(i)).is_err() {
             break;
         }
         accepted += 1;
     }
-    ensure!((17..64).contains(&accepted), "{accepted} MiB accepted with every chunkserver down");
+    ensure!(
+        (buffer_mib + 1..4 * buffer_mib).contains(&accepted),
+        "{accepted} MiB accepted with every chunkserver down (buffers of {buffer_mib} MiB)"
+    );
     for id in 1..=3 {
         cluster.start_chunkserver(id)?;
     }
