@@ -158,14 +158,24 @@ impl Dirty {
 }
 
 enum Handle_ {
-    File { inode: Inode, read_ahead: Mutex<Option<Ahead>>, prefetch: Mutex<Option<Prefetch>>, last_end: AtomicU64 },
-    Dir { entries: Vec<(Vec<u8>, u64, FileType)> },
+    File {
+        inode: Inode,
+        read_ahead: Mutex<Option<Ahead>>,
+        prefetch: Mutex<Option<Prefetch>>,
+        last_end: AtomicU64,
+        /// Taken by a read that missed the window while it fills one (see [`Inner::read`]).
+        fill: tokio::sync::Mutex<()>,
+    },
+    Dir {
+        entries: Vec<(Vec<u8>, u64, FileType)>,
+    },
 }
 
 /// The next read-ahead window of a handle, being fetched while the reader consumes the
 /// current one (aborted when dropped).
 struct Prefetch {
     start: u64,
+    len: u64,
     task: tokio::task::JoinHandle<Result<Vec<u8>, Status>>,
 }
 
@@ -514,7 +524,7 @@ impl Inner {
     /// [`Options::read_ahead`] bytes at a time, and once it is half way through one, the next
     /// window is fetched in the background, so the reader rarely waits for the chunkservers.
     async fn read(self: &Arc<Self>, h: &Handle_, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let Handle_::File { inode, read_ahead, prefetch, last_end } = h else { return Err(Errno::EISDIR) };
+        let Handle_::File { inode, read_ahead, prefetch, last_end, fill } = h else { return Err(Errno::EISDIR) };
         let inode = *inode;
         self.flush(inode).await?;
         let end = offset + size as u64;
@@ -522,11 +532,19 @@ impl Inner {
             last_end.store(end, Ordering::Relaxed);
             return Ok(out);
         }
-        // The window fetched in the background, if it is the one this read needs.
-        let next = prefetch.lock().expect("prefetch lock").take();
-        if let Some(mut p) = next.filter(|p| p.start == offset) {
+        // A miss. The kernel sends a sequential reader's read-ahead as several requests at
+        // once; they take turns from here, so that one just behind another finds the window
+        // that one installs instead of fetching its bytes again.
+        let filling = fill.lock().await;
+        if let Some(out) = self.from_window(read_ahead, prefetch, inode, offset, size) {
+            last_end.store(end, Ordering::Relaxed);
+            return Ok(out);
+        }
+        // The window fetched in the background, if this read falls in it.
+        let next = prefetch.lock().expect("prefetch lock").take_if(|p| p.start <= offset && end <= p.start + p.len);
+        if let Some(mut p) = next {
             if let Ok(Ok(buf)) = (&mut p.task).await {
-                self.install(read_ahead, offset, buf);
+                self.install(read_ahead, p.start, buf);
                 if let Some(out) = self.from_window(read_ahead, prefetch, inode, offset, size) {
                     last_end.store(end, Ordering::Relaxed);
                     return Ok(out);
@@ -538,6 +556,10 @@ impl Inner {
         let sequential = last_end.load(Ordering::Relaxed) == offset;
         let room = self.ahead_bytes.load(Ordering::Relaxed) + self.opts.read_ahead <= self.opts.read_budget;
         let fetch = if sequential && room { (size as usize).max(self.opts.read_ahead) as u32 } else { size };
+        if fetch == size {
+            // Nothing for the others to wait for.
+            drop(filling);
+        }
         let data = self.data.read(inode, offset, fetch).await.map_err(errno)?;
         last_end.store(end, Ordering::Relaxed);
         let out = data[..data.len().min(size as usize)].to_vec();
@@ -580,7 +602,7 @@ impl Inner {
             if p.is_none() && room {
                 let (fs, len) = (self.clone(), self.opts.read_ahead as u32);
                 let task = tokio::spawn(async move { fs.data.read(inode, start, len).await });
-                *p = Some(Prefetch { start, task });
+                *p = Some(Prefetch { start, len: len as u64, task });
             }
         }
         Some(out)
@@ -613,6 +635,7 @@ impl Inner {
             read_ahead: Mutex::new(None),
             prefetch: Mutex::new(None),
             last_end: AtomicU64::new(u64::MAX),
+            fill: tokio::sync::Mutex::new(()),
         }
     }
 }
