@@ -83,6 +83,17 @@ fn df_shows_the_cluster_space(cluster: &Cluster, mnt: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The mount raised the kernel's read-ahead of its files from the 128 KiB a FUSE mount starts
+/// with (these tests run as root, who may set it).
+fn kernel_read_ahead_is_raised(mnt: &Path) -> Result<()> {
+    let dev = nix::sys::stat::stat(mnt)?.st_dev;
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let kib = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    ensure!(kib.trim() == "2048", "{path} says {}", kib.trim());
+    Ok(())
+}
+
 fn basic_file_operations(mnt: &Path) -> Result<()> {
     let d = mnt.join("basic");
     fs::create_dir(&d)?;
@@ -233,6 +244,7 @@ fn a_mount_does_files_tools_trash_snapshots_and_posix() -> Result<()> {
     let mnt = dir.path().join("mnt");
     let mut cluster = start(dir.path(), Some(mnt.clone()), None, 1)?;
     df_shows_the_cluster_space(&cluster, &mnt).context("df")?;
+    kernel_read_ahead_is_raised(&mnt).context("kernel read-ahead")?;
     basic_file_operations(&mnt).context("basic file operations")?;
     big_file(&mnt).context("a 200 MiB file")?;
     concurrent_writers(&mnt).context("concurrent writers")?;

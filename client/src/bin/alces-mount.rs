@@ -189,12 +189,16 @@ fn main() -> Result<()> {
     }
     .with_context(|| format!("mounting at {}", p.mountpoint.display()))?;
     tracing::info!(mountpoint = %p.mountpoint.display(), "mounted");
+    let mnt = p.mountpoint.canonicalize().unwrap_or_else(|_| p.mountpoint.clone());
+    if !p.meta {
+        set_kernel_read_ahead(&mnt, KERNEL_READ_AHEAD_KIB);
+    }
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
-            _ = wait_unmounted(&p.mountpoint) => {}
+            _ = wait_unmounted(&mnt) => {}
         }
         anyhow::Ok(())
     })?;
@@ -204,14 +208,43 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Returns when the mount point is no longer mounted (someone ran umount).
+/// How far the kernel reads ahead of a sequential reader of the mount. A new FUSE mount gets
+/// 128 KiB, which the kernel asks for in requests of 128 to 256 KiB, two at a time; with 2 MiB
+/// a 2 GiB sequential read went from 526 to 674 MB/s to 726 to 774 (alternated runs), random
+/// 4 KiB reads unchanged.
+const KERNEL_READ_AHEAD_KIB: u32 = 2048;
+
+/// The device number (`major:minor`) of what is mounted at `mnt` (a canonical path), from
+/// `/proc/self/mountinfo`.
+fn mounted_device(mnt: &Path) -> Option<String> {
+    let want = mnt.display().to_string();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&want.as_str()))?
+        .get(2)
+        .map(|d| d.to_string())
+}
+
+/// Sets the kernel's read-ahead for the mount (through its backing device in sysfs, which
+/// needs root); a mount that cannot set it works with the default.
+fn set_kernel_read_ahead(mnt: &Path, kib: u32) {
+    let Some(dev) = mounted_device(mnt) else {
+        tracing::warn!(mountpoint = %mnt.display(), "mount not found in /proc/self/mountinfo; kernel read-ahead left as it is");
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&path, format!("{kib}\n")) {
+        Ok(()) => tracing::debug!(path, kib, "kernel read-ahead set"),
+        Err(e) => tracing::info!(path, error = %e, "kernel read-ahead left at its default"),
+    }
+}
+
+/// Returns when `mnt` (a canonical path) is no longer mounted (someone ran umount).
 async fn wait_unmounted(mnt: &Path) {
-    let mnt = mnt.canonicalize().unwrap_or_else(|_| mnt.to_path_buf());
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let want = mnt.display().to_string();
-        if !info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())) {
+        if mounted_device(mnt).is_none() {
             return;
         }
     }
@@ -236,13 +269,11 @@ fn background(p: &Parsed) -> Result<()> {
         .process_group(0)
         .spawn()?;
     let mnt = p.mountpoint.canonicalize().unwrap_or_else(|_| p.mountpoint.clone());
-    let want = mnt.display().to_string();
     for _ in 0..600 {
         if let Some(status) = child.try_wait()? {
             bail!("alces-mount exited with {status} before mounting; see {}", log.display());
         }
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        if info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())) {
+        if mounted_device(&mnt).is_some() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
