@@ -490,12 +490,7 @@ impl Inner {
         let len = data.len() as u32;
         let d = self.dirty_of(inode);
         let mut buf = d.buf.lock().await;
-        // At most half the budget per write-out, so that a file can fill one buffer while
-        // the other goes out even with a small budget.
-        let flush_at = self.opts.flush_at.min(self.opts.write_budget / 2).max(1);
-        let full = buf.bytes + data.len() > flush_at
-            || self.dirty_bytes.load(Ordering::Relaxed) + data.len() > self.opts.write_budget;
-        if full {
+        if !self.has_room(&buf, data.len()) {
             let (mut out, failed) = self.settle(&d, &mut buf).await;
             if failed {
                 self.write_out(inode, &mut buf).await?;
@@ -509,15 +504,41 @@ impl Inner {
                 });
             }
         }
+        self.buffer(&d, &mut buf, offset, &data);
+        Ok(len)
+    }
+
+    /// Buffers a write at once when the file's buffer is free and has room, as it has for
+    /// most writes of a sequential writer: no task, no copy of the request's bytes but the
+    /// one into the buffer. False when the write has to take the long way ([`Inner::write`]).
+    fn write_now(&self, inode: Inode, offset: u64, data: &[u8]) -> bool {
+        let d = self.dirty_of(inode);
+        let Ok(mut buf) = d.buf.try_lock() else { return false };
+        if !self.has_room(&buf, data.len()) {
+            return false;
+        }
+        self.buffer(&d, &mut buf, offset, data);
+        true
+    }
+
+    /// Whether `len` more bytes fit in a file's buffer without a write-out first: at most half
+    /// the budget per write-out, so that a file can fill one buffer while the other goes out
+    /// even with a small budget, and the budget for all files together.
+    fn has_room(&self, buf: &Dirty, len: usize) -> bool {
+        let flush_at = self.opts.flush_at.min(self.opts.write_budget / 2).max(1);
+        buf.bytes + len <= flush_at && self.dirty_bytes.load(Ordering::Relaxed) + len <= self.opts.write_budget
+    }
+
+    /// Adds a write to a file's buffer and counts it against the budget.
+    fn buffer(&self, d: &DirtyFile, buf: &mut Dirty, offset: u64, data: &[u8]) {
         let before = buf.bytes;
-        buf.add(offset, &data, || self.spare.take());
+        buf.add(offset, data, || self.spare.take());
         if buf.bytes >= before {
             self.dirty_bytes.fetch_add(buf.bytes - before, Ordering::Relaxed);
         } else {
             self.dirty_bytes.fetch_sub(before - buf.bytes, Ordering::Relaxed);
         }
         d.end.fetch_max(buf.max_end, Ordering::AcqRel);
-        Ok(len)
     }
 
     /// Reads through the handle's read-ahead. A sequential reader gets a window of
@@ -928,10 +949,13 @@ impl Filesystem for AlcesFs {
         if offset.checked_add(data.len() as u64).is_none_or(|e| e > i64::MAX as u64) {
             return reply.error(Errno::EFBIG);
         }
+        let inode = Inode(ino.0);
+        self.inner.forget_read_ahead(inode);
+        if self.inner.write_now(inode, offset, data) {
+            return reply.written(data.len() as u32);
+        }
         let data = data.to_vec();
         self.spawn(move |fs| async move {
-            let inode = Inode(ino.0);
-            fs.forget_read_ahead(inode);
             match fs.write(inode, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
