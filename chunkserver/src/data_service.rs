@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, DataRequestRef, MAX_READ};
-use alces_proto::link::cs_cs::{PeerDataReply, PeerDataRequest, PeerDataRequestRef};
+use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, WritePiece, MAX_READ};
+use alces_proto::link::cs_cs::{forward_parts, write_piece, PeerDataReply, PeerDataRequest};
 use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, ChunkserverId};
-use alces_proto::{Connection, FrameError, Handshake, LinkKind, Secret};
+use alces_proto::{codec, Connection, FrameError, Handshake, LinkKind, Secret};
+use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -156,17 +157,35 @@ struct Incoming<'a> {
 
 impl Incoming<'_> {
     async fn next(&mut self) -> Result<Option<PeerDataRequest>, FrameError> {
-        if self.peer {
-            self.reader.recv::<PeerDataRequest>().await
-        } else {
-            Ok(self.reader.recv::<DataRequest>().await?.map(PeerDataRequest::Chain))
+        match self.reader.recv_frame().await? {
+            None => Ok(None),
+            Some(frame) => self.decode(&frame).map(Some),
+        }
+    }
+
+    fn decode(&self, frame: &[u8]) -> Result<PeerDataRequest, FrameError> {
+        Ok(if self.peer { codec::decode(frame)? } else { PeerDataRequest::Chain(codec::decode(frame)?) })
+    }
+
+    /// The next request of a write session: a piece, its data left in the frame it came in
+    /// (which is also what goes on to the next server), or anything else decoded.
+    async fn next_in_write(&mut self) -> Result<Option<InWrite>, FrameError> {
+        let Some(frame) = self.reader.recv_frame().await? else { return Ok(None) };
+        match write_piece(&frame, self.peer) {
+            Some(piece) => Ok(Some(InWrite::Piece(piece, frame))),
+            None => self.decode(&frame).map(|r| Some(InWrite::Other(r))),
         }
     }
 }
 
+enum InWrite {
+    Piece(WritePiece, Bytes),
+    Other(PeerDataRequest),
+}
+
 /// One step of a write: a piece, or the final sync.
 enum Job {
-    Write { id: u64, offset: u32, data: Vec<u8> },
+    Write { id: u64, offset: u32, data: Bytes },
     Finish { id: u64 },
 }
 
@@ -180,7 +199,18 @@ impl Downstream {
     /// Sends one request to the next server. A failure is only logged: the acker reports it
     /// when that server's replies stop.
     async fn forward<T: serde::Serialize>(&mut self, msg: &T) {
-        if let Err(e) = self.writer.send(msg).await {
+        let r = self.writer.send(msg).await;
+        self.forwarded(r);
+    }
+
+    /// Sends an encoded request (in parts) to the next server, as [`Downstream::forward`].
+    async fn forward_frame(&mut self, parts: Vec<Bytes>) {
+        let r = self.writer.send_parts(parts).await;
+        self.forwarded(r);
+    }
+
+    fn forwarded(&self, r: Result<(), FrameError>) {
+        if let Err(e) = r {
             tracing::warn!(next = %self.server, error = %e, "forwarding along the chain failed");
         }
     }
@@ -361,42 +391,36 @@ async fn write_session(
             }
         }
     });
-    let mut finishing = false;
     let ok = loop {
         let req = tokio::select! {
-            r = incoming.next() => r,
+            r = incoming.next_in_write() => r,
             finished = done_rx.recv() => break finished.unwrap_or(false),
         };
-        let req = match req {
-            Ok(Some(PeerDataRequest::Chain(r))) => r,
-            Ok(Some(_)) | Ok(None) | Err(_) => break false,
-        };
-        let job = match req {
-            DataRequest::WriteData { id, offset, data } => {
+        let id = match req {
+            Ok(Some(InWrite::Piece(piece, frame))) => {
                 if let Some(d) = downstream.as_mut() {
-                    d.forward(&PeerDataRequestRef::Chain(DataRequestRef::WriteData { id, offset, data: &data })).await;
+                    d.forward_frame(forward_parts(frame, incoming.peer)).await;
                 }
-                Job::Write { id, offset, data }
-            }
-            DataRequest::WriteFinish { id } => {
-                finishing = true;
-                if let Some(d) = downstream.as_mut() {
-                    d.forward(&PeerDataRequest::Chain(DataRequest::WriteFinish { id })).await;
+                if job_tx.send(Job::Write { id: piece.id, offset: piece.offset, data: piece.data }).await.is_err() {
+                    break false;
                 }
-                Job::Finish { id }
+                continue;
             }
-            other => {
+            Ok(Some(InWrite::Other(PeerDataRequest::Chain(DataRequest::WriteFinish { id })))) => id,
+            Ok(Some(InWrite::Other(PeerDataRequest::Chain(other)))) => {
                 tracing::warn!(peer = %incoming.addr, request = kind(&other), "unexpected request inside a write");
                 break false;
             }
+            Ok(Some(InWrite::Other(_))) | Ok(None) | Err(_) => break false,
         };
-        if job_tx.send(job).await.is_err() {
+        if let Some(d) = downstream.as_mut() {
+            d.forward(&PeerDataRequest::Chain(DataRequest::WriteFinish { id })).await;
+        }
+        if job_tx.send(Job::Finish { id }).await.is_err() {
             break false;
         }
-        if finishing {
-            // Nothing more belongs to this write: wait for its outcome before reading on.
-            break done_rx.recv().await.unwrap_or(false);
-        }
+        // Nothing more belongs to this write: wait for its outcome before reading on.
+        break done_rx.recv().await.unwrap_or(false);
     };
     drop(job_tx);
     if ok {

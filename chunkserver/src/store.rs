@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use alces_proto::link::client_cs::DataError;
 use alces_proto::link::cs_master::{ChunkState, CsLoad, FolderLoad};
 use alces_proto::types::{ChunkId, ChunkVersion, CHUNK_SIZE};
+use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::folders::{Folders, Scan};
@@ -254,7 +255,7 @@ impl Store {
         &self,
         id: ChunkId,
         version: ChunkVersion,
-        pieces: Vec<(u32, Vec<u8>)>,
+        pieces: Vec<(u32, Bytes)>,
         sync: bool,
     ) -> (usize, Result<(), DataError>) {
         if let Some(bad) = pieces.iter().position(|(o, d)| *o as u64 + d.len() as u64 > CHUNK_SIZE) {

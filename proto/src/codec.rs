@@ -54,6 +54,16 @@ pub fn encode_frame<T: Serialize + ?Sized>(msg: &T) -> Vec<u8> {
     frame
 }
 
+/// Decodes a whole payload into a value that borrows from it (byte slices point into
+/// `bytes`); trailing bytes are an error, as in [`decode`].
+pub fn decode_borrowed<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, DecodeError> {
+    let (msg, used) = bincode::serde::borrow_decode_from_slice(bytes, config())?;
+    if used != bytes.len() {
+        return Err(DecodeError::Trailing(bytes.len() - used));
+    }
+    Ok(msg)
+}
+
 /// Decodes a whole payload: trailing bytes are an error, so a frame is one message exactly.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (msg, used) = bincode::serde::decode_from_slice(bytes, config())?;

@@ -178,6 +178,20 @@ impl FrameWriter {
         self.flush().await
     }
 
+    /// Writes one frame whose payload is `parts` one after the other (already encoded, for
+    /// example a received frame passed on), without copying them, and flushes it.
+    pub async fn send_parts(&mut self, parts: Vec<Bytes>) -> Result<(), FrameError> {
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        if len > self.max_frame {
+            return Err(FrameError::TooLarge { len, limit: self.max_frame });
+        }
+        self.push(Bytes::copy_from_slice(&(len as u32).to_be_bytes())).await?;
+        for part in parts {
+            self.push(part).await?;
+        }
+        self.flush().await
+    }
+
     /// Sends every message that arrives on `rx` until it closes or the connection fails;
     /// whatever is queued meanwhile goes out with one flush.
     pub async fn pump<T: Serialize>(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) {

@@ -10,8 +10,10 @@
 //! server (fsync) before `WriteFinished`. Any failure ends the write session with
 //! `WriteFailed`; the client asks the master for a new lease and writes again.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::types::{ChunkId, ChunkLocation, ChunkVersion, ChunkserverId};
 
 /// Bytes one `Read` may ask for.
@@ -46,10 +48,12 @@ pub enum DataRequest {
     },
 }
 
-/// [`DataRequest::WriteData`] over borrowed bytes, for senders: it encodes to exactly the
-/// payload of that variant without the data being copied into a request first. The variants
-/// before it only hold their places (a variant is encoded as its index).
-#[derive(Debug, Serialize)]
+/// [`DataRequest::WriteData`] over borrowed bytes: a sender encodes it to exactly the payload
+/// of that variant without copying the data into a request first, and a receiver decodes a
+/// `WriteData` payload into it without copying the data out. The variants before it only
+/// hold their places (a variant is encoded as its index); decoding anything but a
+/// `WriteData` into it fails.
+#[derive(Debug, Serialize, Deserialize)]
 pub enum DataRequestRef<'a> {
     #[allow(dead_code)]
     Read,
@@ -58,9 +62,30 @@ pub enum DataRequestRef<'a> {
     WriteData {
         id: u64,
         offset: u32,
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "serde_bytes", borrow)]
         data: &'a [u8],
     },
+}
+
+/// A `WriteData` piece decoded from a received frame: its data is a slice of that frame.
+#[derive(Debug, Clone)]
+pub struct WritePiece {
+    pub id: u64,
+    pub offset: u32,
+    pub data: Bytes,
+}
+
+impl WritePiece {
+    /// The piece, if `payload` (a slice of `frame`) is a `WriteData` request; `None` for any
+    /// other request or bytes that do not decode (the caller decodes those the usual way).
+    pub fn from_payload(frame: &Bytes, payload: &[u8]) -> Option<WritePiece> {
+        match codec::decode_borrowed::<DataRequestRef<'_>>(payload) {
+            Ok(DataRequestRef::WriteData { id, offset, data }) => {
+                Some(WritePiece { id, offset, data: frame.slice_ref(data) })
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
