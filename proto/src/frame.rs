@@ -212,13 +212,7 @@ impl FrameWriter {
 
     /// Writes raw bytes as one frame (used by tests that send garbage on purpose).
     pub async fn send_raw(&mut self, payload: Bytes) -> Result<(), FrameError> {
-        if payload.len() > self.max_frame {
-            return Err(FrameError::TooLarge { len: payload.len(), limit: self.max_frame });
-        }
-        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&payload);
-        self.push(Bytes::from(frame)).await?;
-        self.flush().await
+        self.send_parts(vec![payload]).await
     }
 }
 
@@ -381,5 +375,8 @@ mod tests {
         let (_raw, mut conn) = pair(16).await;
         let err = conn.send(&vec![7u8; 100]).await.unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { .. }));
+        let parts = vec![Bytes::from_static(&[1; 10]), Bytes::from_static(&[2; 7])];
+        let err = conn.writer.send_parts(parts).await.unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { len: 17, limit: 16 }));
     }
 }

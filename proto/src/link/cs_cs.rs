@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use bytes::Bytes;
 
-use super::client_cs::{DataError, DataReply, DataRequest, DataRequestRef, WritePiece};
+use super::client_cs::{DataError, DataReply, DataRequest, WritePiece};
 use crate::types::{ChunkId, ChunkVersion};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,13 +17,6 @@ pub enum PeerDataRequest {
     Chain(DataRequest),
     Stat { chunk: ChunkId, version: ChunkVersion },
     Fetch { chunk: ChunkId, version: ChunkVersion, offset: u32, len: u32 },
-}
-
-/// [`PeerDataRequest::Chain`] of a [`DataRequestRef`]: a write forwarded along the chain
-/// without copying its bytes into a request (encodes exactly as the owned form).
-#[derive(Debug, Serialize)]
-pub enum PeerDataRequestRef<'a> {
-    Chain(DataRequestRef<'a>),
 }
 
 /// The encoding of [`PeerDataRequest::Chain`]'s variant index, which precedes the payload of
@@ -59,6 +52,7 @@ pub enum PeerDataReply {
 mod tests {
     use super::*;
     use crate::codec;
+    use crate::link::client_cs::DataRequestRef;
 
     #[test]
     fn borrowed_writes_encode_as_the_owned_ones() {
@@ -67,7 +61,6 @@ mod tests {
         let owned = DataRequest::WriteData { id, offset, data: data.clone() };
         let borrowed = DataRequestRef::WriteData { id, offset, data: &data };
         assert_eq!(codec::encode(&borrowed), codec::encode(&owned));
-        assert_eq!(codec::encode(&PeerDataRequestRef::Chain(borrowed)), codec::encode(&PeerDataRequest::Chain(owned)));
     }
 
     #[test]
