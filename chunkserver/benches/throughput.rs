@@ -292,7 +292,9 @@ async fn through_chunkservers(
             .call(&Creds::root(), ClientRequest::WriteChunk { inode, index: i as u32, after_failure: false })
             .await?;
         write_master += t.elapsed();
-        let ClientReply::WriteLease { chunk, version, chain, .. } = lease else { bail!("lease: unexpected {lease:?}") };
+        let ClientReply::WriteLease { chunk, version, chain, new_chunk, .. } = lease else {
+            bail!("lease: unexpected {lease:?}")
+        };
         if chain.len() != goal as usize {
             bail!("asked for {goal} copies, the master chained {} chunkservers", chain.len());
         }
@@ -301,7 +303,12 @@ async fn through_chunkservers(
             .with_context(|| format!("writing chunk {i} through {chain:?}"))?;
         size += len as u64;
         let t = Instant::now();
-        master.call(&Creds::root(), ClientRequest::WriteEnd { inode, index: i as u32, chunk, size }).await?;
+        master
+            .call(
+                &Creds::root(),
+                ClientRequest::WriteEnd { inode, index: i as u32, chunk, size, added: new_chunk.then_some(version) },
+            )
+            .await?;
         write_master += t.elapsed();
     }
     let write = start.elapsed();

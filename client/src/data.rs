@@ -226,13 +226,26 @@ impl DataPath {
                 .call(&Creds::root(), ClientRequest::WriteChunk { inode, index, after_failure: attempt > 0 })
                 .await
                 .map_err(status)?;
-            let ClientReply::WriteLease { chunk, version, chain, .. } = lease else { return Err(Status::Io) };
+            let ClientReply::WriteLease { chunk, version, chain, new_chunk, .. } = lease else {
+                return Err(Status::Io);
+            };
             match self.write_chain(chunk, version, &chain, pieces).await {
                 Ok(()) => {
-                    let end = ClientRequest::WriteEnd { inode, index, chunk, size };
-                    self.master.call(&Creds::root(), end).await.map_err(status)?;
-                    self.invalidate(inode);
-                    return Ok(());
+                    let end =
+                        ClientRequest::WriteEnd { inode, index, chunk, size, added: new_chunk.then_some(version) };
+                    match self.master.call(&Creds::root(), end).await.map_err(status) {
+                        Ok(_) => {
+                            self.invalidate(inode);
+                            return Ok(());
+                        }
+                        // A new chunk that can no longer be recorded (its lease lapsed, or
+                        // the leader changed before the end): write it again.
+                        Err(Status::Stale) if new_chunk => {
+                            tracing::warn!(chunk = %chunk.hex(), attempt, "new chunk not recorded; writing again");
+                            last = "the new chunk could not be recorded".into();
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(chunk = %chunk.hex(), attempt, error = %e, "chained write failed; retrying with a new lease");

@@ -9,6 +9,13 @@
 //! stale forever. A new version is above every version any server reported, so a version
 //! handed out by a leader that died before committing it is never handed out again for
 //! other data.
+//!
+//! A new chunk is not committed when its lease is given: its replicas are created under the
+//! lease, and its record goes into the file with the first write end, in the commit that
+//! records the file's new length. Until then the lease keeps the orphan collection away from
+//! the replicas; an end that finds no such lease of this leader's term (it lapsed, or the
+//! leader changed) is refused with `Stale`, the writer writes again under a new lease, and
+//! the replicas it left are collected as orphans. Nothing was acknowledged under them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -38,6 +45,10 @@ struct Lease {
     chain: Vec<ChunkLocation>,
     holders: u32,
     expires: Instant,
+    /// A new chunk whose record is not committed yet: the file slot it is for, and the term
+    /// of the leader that created its replicas. Its record goes in with the first write end
+    /// ([`OpBody::AddChunkEnd`]), so a new chunk costs one commit, not two.
+    unrecorded: Option<((Inode, u32), u64)>,
 }
 
 type SlotLock = Arc<tokio::sync::Mutex<()>>;
@@ -50,6 +61,8 @@ type Allocated = (ChunkId, ChunkVersion, Option<(ChunkId, ChunkVersion)>);
 #[derive(Default)]
 pub struct Leases {
     leases: Mutex<HashMap<ChunkId, Lease>>,
+    /// The new chunk of each file slot whose lease has no committed record yet.
+    unrecorded: Mutex<HashMap<(Inode, u32), ChunkId>>,
     slots: Mutex<HashMap<(Inode, u32), SlotLock>>,
     /// Chunks whose replicas are being moved to a new version (or created) right now.
     bumping: Mutex<HashSet<ChunkId>>,
@@ -134,15 +147,15 @@ impl Master {
     /// as a valid copy once it is back. So when any server fails, the ones that confirmed are
     /// moved on once more, past any version the silent one can hold, before the commit.
     ///
-    /// For a chunk being created (`new_in`: the empty file slot it is for), the commit puts
-    /// its record in the slot: replicas exist before the record, and ones left by a leader
-    /// that died in between are deleted as chunks nobody uses.
+    /// For a chunk being created (`commit` false) nothing is committed: its record goes in
+    /// with the first write end, under the lease; replicas left by a leader that died before
+    /// are deleted as chunks nobody uses.
     async fn bump(
         &self,
         chunk: ChunkId,
         new_version: ChunkVersion,
         targets: Vec<(ChunkLocation, ChunkOrder)>,
-        new_in: Option<(Inode, u32)>,
+        commit: bool,
     ) -> Result<(Vec<ChunkLocation>, ChunkVersion), ClientError> {
         if targets.is_empty() {
             return Err(ClientError::Unavailable(format!("no chunkserver can take chunk {}", chunk.hex())));
@@ -179,18 +192,10 @@ impl Master {
                 )));
             }
             if !failed {
-                let commit = match new_in {
-                    None => OpBody::SetChunkVersion { chunk, version },
-                    Some((inode, index)) => OpBody::AddChunk { inode, index, chunk, version },
-                };
-                return match self.propose(commit).await {
-                    Ok(_) => Ok((chain, version)),
-                    // Only after a change of leader can the slot have been filled meanwhile.
-                    Err(ClientError::Status(Status::Exists)) => {
-                        Err(ClientError::Unavailable(format!("slot of chunk {} filled meanwhile", chunk.hex())))
-                    }
-                    Err(e) => Err(e),
-                };
+                if commit {
+                    self.propose(OpBody::SetChunkVersion { chunk, version }).await?;
+                }
+                return Ok((chain, version));
             }
             let next = ChunkVersion(self.next_version(chunk, version).0.max(version.0 + 1));
             tracing::info!(chunk = %chunk.hex(), from = %version, to = %next, "moving the confirmed replicas past a version a silent server may hold");
@@ -228,7 +233,7 @@ impl Master {
         }
         let to = self.next_version(chunk, version);
         let targets = copies.into_iter().map(|(l, from)| (l, ChunkOrder::SetVersion { chunk, from, to })).collect();
-        let (_, to) = self.bump(chunk, to, targets, None).await?;
+        let (_, to) = self.bump(chunk, to, targets, true).await?;
         tracing::info!(chunk = %chunk.hex(), from = %version, to = %to, "replicas ahead of the metadata adopted");
         Ok(true)
     }
@@ -273,6 +278,7 @@ impl Master {
                         chunk: id,
                         version: l.version,
                         chain: l.chain.clone(),
+                        new_chunk: false,
                     });
                 }
                 leases.remove(&id);
@@ -280,12 +286,32 @@ impl Master {
         }
         let goal = file.goal.0 as usize;
         let Some((id, rec)) = existing else {
-            // A new chunk: replicas first, then its record and version in one commit.
+            if let Some(reply) = self.reuse_unrecorded(session, file.size, inode, index, after_failure)? {
+                return Ok(reply);
+            }
+            // A new chunk: its replicas now, its record and version with the first write end.
+            // The lease is taken before the replicas exist, so that the orphan collection
+            // leaves them alone from the start.
             let chunk = self.new_chunk_id().await?;
             let version = self.next_version(chunk, ChunkVersion(0));
             let targets = self.create_orders(goal, chunk, version);
-            let (chain, version) = self.bump(chunk, version, targets, Some((inode, index))).await?;
-            return Ok(self.grant(session, file.size, chunk, version, chain));
+            let unrecorded = Some(((inode, index), self.term()));
+            self.grant(session, file.size, chunk, version, Vec::new(), unrecorded);
+            self.leases.unrecorded.lock().expect("lease lock").insert((inode, index), chunk);
+            let created = self.bump(chunk, version, targets, false).await;
+            let mut unrecorded = self.leases.unrecorded.lock().expect("lease lock");
+            let mut leases = self.leases.leases.lock().expect("lease lock");
+            return match (created, leases.get_mut(&chunk)) {
+                (Ok((chain, version)), Some(l)) => {
+                    (l.version, l.chain) = (version, chain.clone());
+                    Ok(ClientReply::WriteLease { file_size: file.size, chunk, version, chain, new_chunk: true })
+                }
+                (created, _) => {
+                    leases.remove(&chunk);
+                    unrecorded.remove(&(inode, index));
+                    created.and(Err(ClientError::Unavailable(format!("lease of chunk {} lapsed", chunk.hex()))))
+                }
+            };
         };
         let (chunk, version, copy_from) = if rec.refs > 1 {
             chunk_reply(self.propose(OpBody::AllocChunk { inode, index, replace: Some(id) }).await?)?
@@ -309,8 +335,52 @@ impl Master {
                 .map(|(l, from)| (l, ChunkOrder::SetVersion { chunk, from, to: new_version }))
                 .collect(),
         };
-        let (chain, new_version) = self.bump(chunk, new_version, targets, None).await?;
-        Ok(self.grant(session, file.size, chunk, new_version, chain))
+        let (chain, new_version) = self.bump(chunk, new_version, targets, true).await?;
+        Ok(self.grant(session, file.size, chunk, new_version, chain, None))
+    }
+
+    /// The lease of a new chunk not recorded yet in slot `index` of a file: taken again by
+    /// the session that holds it (a second write-out before the first ended), refused to
+    /// any other while it lasts. `None` when there is none to reuse (none at all, lapsed, or
+    /// the session's last write under it failed: its replicas are then left to the orphan
+    /// collection and a new chunk is made).
+    fn reuse_unrecorded(
+        &self,
+        session: SessionId,
+        file_size: u64,
+        inode: Inode,
+        index: u32,
+        after_failure: bool,
+    ) -> Result<Option<ClientReply>, ClientError> {
+        let mut unrecorded = self.leases.unrecorded.lock().expect("lease lock");
+        let Some(&chunk) = unrecorded.get(&(inode, index)) else { return Ok(None) };
+        let mut leases = self.leases.leases.lock().expect("lease lock");
+        let now = Instant::now();
+        match leases.get_mut(&chunk) {
+            Some(l) if l.expires > now && l.unrecorded.is_some_and(|(_, term)| term == self.term()) => {
+                if l.session != session && l.holders > 0 {
+                    return Err(ClientError::Unavailable(format!(
+                        "chunk {} is being written by another client",
+                        chunk.hex()
+                    )));
+                }
+                if l.session == session && !after_failure {
+                    l.holders += 1;
+                    l.expires = now + LEASE_TIME;
+                    return Ok(Some(ClientReply::WriteLease {
+                        file_size,
+                        chunk,
+                        version: l.version,
+                        chain: l.chain.clone(),
+                        new_chunk: true,
+                    }));
+                }
+            }
+            _ => {}
+        }
+        leases.remove(&chunk);
+        unrecorded.remove(&(inode, index));
+        Ok(None)
     }
 
     /// Orders creating `goal` empty replicas of `chunk` at `version`, on the servers chosen.
@@ -326,15 +396,85 @@ impl Master {
         chunk: ChunkId,
         version: ChunkVersion,
         chain: Vec<ChunkLocation>,
+        unrecorded: Option<((Inode, u32), u64)>,
     ) -> ClientReply {
-        let lease = Lease { session, version, chain: chain.clone(), holders: 1, expires: Instant::now() + LEASE_TIME };
+        let expires = Instant::now() + LEASE_TIME;
+        let lease = Lease { session, version, chain: chain.clone(), holders: 1, expires, unrecorded };
         self.leases.leases.lock().expect("lease lock").insert(chunk, lease);
-        ClientReply::WriteLease { file_size, chunk, version, chain }
+        ClientReply::WriteLease { file_size, chunk, version, chain, new_chunk: unrecorded.is_some() }
     }
 
-    /// A writer is done: record the length and release its hold on the lease.
-    pub async fn write_end(&self, inode: Inode, chunk: ChunkId, size: u64) -> Result<ClientReply, ClientError> {
-        let reply = self.propose(OpBody::WriteEnd { inode, size }).await?;
+    /// A writer is done: record the length and release its hold on the lease. With `added`
+    /// (the lease was for a new chunk at that version), the chunk's record goes into slot
+    /// `index` in the same commit, if this leader still holds the lease it created the
+    /// replicas under, or was recorded already (a retry of an end that was committed).
+    /// Otherwise the replicas may be gone as orphans: `Stale`, and the writer writes again
+    /// under a new lease.
+    pub async fn write_end(
+        &self,
+        inode: Inode,
+        index: u32,
+        chunk: ChunkId,
+        size: u64,
+        added: Option<ChunkVersion>,
+    ) -> Result<ClientReply, ClientError> {
+        let op = match added {
+            None => OpBody::WriteEnd { inode, size },
+            Some(version) => {
+                let slot = self.leases.slot(inode, index);
+                let _guard = slot.lock().await;
+                if self.hold_unrecorded(inode, index, chunk, version) {
+                    let reply = self.propose(OpBody::AddChunkEnd { inode, index, chunk, version, size }).await;
+                    let mut unrecorded = self.leases.unrecorded.lock().expect("lease lock");
+                    let mut leases = self.leases.leases.lock().expect("lease lock");
+                    match reply {
+                        Ok(_) => {
+                            // Recorded: from now on an ordinary lease on an existing chunk.
+                            unrecorded.remove(&(inode, index));
+                            if let Some(l) = leases.get_mut(&chunk) {
+                                l.unrecorded = None;
+                            }
+                        }
+                        Err(ClientError::Status(Status::Exists)) => {
+                            // Only after a change of leader can the slot have been filled.
+                            unrecorded.remove(&(inode, index));
+                            leases.remove(&chunk);
+                            return Err(Status::Stale.into());
+                        }
+                        Err(_) => {}
+                    }
+                    drop((unrecorded, leases));
+                    return self.end_reply(chunk, reply?);
+                }
+                if self.read().await?.file_chunk(inode, index)?.map(|(id, _)| id) != Some(chunk) {
+                    return Err(Status::Stale.into());
+                }
+                OpBody::WriteEnd { inode, size }
+            }
+        };
+        let reply = self.propose(op).await?;
+        self.end_reply(chunk, reply)
+    }
+
+    /// Whether this leader holds an unrecorded lease on `chunk` at `version` for the slot,
+    /// created in its current term and not lapsed; if so the lease is renewed, so that the
+    /// orphan collection keeps away from the replicas while their record is committed.
+    fn hold_unrecorded(&self, inode: Inode, index: u32, chunk: ChunkId, version: ChunkVersion) -> bool {
+        let mut leases = self.leases.leases.lock().expect("lease lock");
+        let now = Instant::now();
+        match leases.get_mut(&chunk) {
+            Some(l)
+                if l.expires > now && l.version == version && l.unrecorded == Some(((inode, index), self.term())) =>
+            {
+                l.expires = now + LEASE_TIME;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Releases a writer's hold on the lease of `chunk` after its end was committed.
+    fn end_reply(&self, chunk: ChunkId, reply: MetaReply) -> Result<ClientReply, ClientError> {
         let mut leases = self.leases.leases.lock().expect("lease lock");
         if let Some(l) = leases.get_mut(&chunk) {
             l.holders = l.holders.saturating_sub(1);
@@ -387,7 +527,7 @@ impl Master {
             (id, nv, targets)
         };
         self.leases.leases.lock().expect("lease lock").remove(&id);
-        self.bump(chunk, new_version, targets, None).await?;
+        self.bump(chunk, new_version, targets, true).await?;
         Ok(())
     }
 }

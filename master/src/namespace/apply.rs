@@ -86,18 +86,14 @@ pub fn apply_op(t: &mut Txn<'_, '_>, op: MetaOp) -> Res<MetaReply> {
             Ok(MetaReply::ChunkIds { first, count })
         }
         OpBody::AddChunk { inode, index, chunk: id, version } => {
-            let r = writable_file(t, inode)?;
-            if t.file_chunk(inode, index)?.is_some() {
-                return Err(Status::Exists.into());
-            }
-            if id.0 == 0 || id.0 >= t.counter(NEXT_CHUNK)? || t.chunk(id)?.is_some() {
-                // Only ids set aside and never used may be given.
-                return Err(Status::Invalid.into());
-            }
-            t.put(CF_CHUNKS, &chunk(id), &ChunkRec { version, refs: 1, goal: r.goal });
-            t.put_file_chunk(inode, index, id);
-            t.add_counter(COUNT_CHUNKS, 1)?;
+            add_chunk(t, inode, index, id, version)?;
             Ok(MetaReply::Done)
+        }
+        OpBody::AddChunkEnd { inode, index, chunk: id, version, size } => {
+            if t.file_chunk(inode, index)? != Some(id) {
+                add_chunk(t, inode, index, id, version)?;
+            }
+            write_end(t, now, inode, size)
         }
         OpBody::SetChunkVersion { chunk: id, version } => {
             let mut rec = t.chunk(id)?.ok_or(Status::NotFound)?;
@@ -114,15 +110,34 @@ pub fn apply_op(t: &mut Txn<'_, '_>, op: MetaOp) -> Res<MetaReply> {
             Ok(MetaReply::Done)
         }
         OpBody::AppendChunks { dst, src, creds } => append_chunks(t, now, dst, src, &creds),
-        OpBody::WriteEnd { inode, size } => {
-            let mut r = writable_file(t, inode)?;
-            r.size = r.size.max(size);
-            r.mtime = now;
-            r.ctime = now;
-            t.put_inode(inode, &r);
-            Ok(MetaReply::Attr(r.attr(inode)))
-        }
+        OpBody::WriteEnd { inode, size } => write_end(t, now, inode, size),
     }
+}
+
+/// Puts a new chunk whose replicas already hold `version` into the empty slot `index`.
+fn add_chunk(t: &mut Txn<'_, '_>, inode: Inode, index: u32, id: ChunkId, version: ChunkVersion) -> Res<()> {
+    let r = writable_file(t, inode)?;
+    if t.file_chunk(inode, index)?.is_some() {
+        return Err(Status::Exists.into());
+    }
+    if id.0 == 0 || id.0 >= t.counter(NEXT_CHUNK)? || t.chunk(id)?.is_some() {
+        // Only ids set aside and never used may be given.
+        return Err(Status::Invalid.into());
+    }
+    t.put(CF_CHUNKS, &chunk(id), &ChunkRec { version, refs: 1, goal: r.goal });
+    t.put_file_chunk(inode, index, id);
+    t.add_counter(COUNT_CHUNKS, 1)?;
+    Ok(())
+}
+
+/// A writer finished: the file is at least `size` long and was modified `now`.
+fn write_end(t: &mut Txn<'_, '_>, now: Timestamp, inode: Inode, size: u64) -> Res<MetaReply> {
+    let mut r = writable_file(t, inode)?;
+    r.size = r.size.max(size);
+    r.mtime = now;
+    r.ctime = now;
+    t.put_inode(inode, &r);
+    Ok(MetaReply::Attr(r.attr(inode)))
 }
 
 fn format(t: &mut Txn<'_, '_>, now: Timestamp, goal: Goal, trash_time: TrashTime) -> Res<MetaReply> {

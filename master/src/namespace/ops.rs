@@ -196,6 +196,15 @@ pub enum OpBody {
         chunk: ChunkId,
         version: ChunkVersion,
     },
+    /// The first write end of a new chunk: [`OpBody::AddChunk`] (nothing to add if the slot
+    /// holds that chunk already: a retried end) and [`OpBody::WriteEnd`] in one commit.
+    AddChunkEnd {
+        inode: Inode,
+        index: u32,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        size: u64,
+    },
 }
 
 /// The outcome of a [`MetaOp`].

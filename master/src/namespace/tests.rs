@@ -612,6 +612,32 @@ fn chunks_created_before_their_record_take_ids_set_aside() {
 }
 
 #[test]
+fn the_first_write_end_of_a_new_chunk_records_it_once() {
+    let mut fs = Fs::new();
+    let f = fs.file(ROOT, "f");
+    let MetaReply::ChunkIds { first, .. } = fs.ok(OpBody::ReserveChunkIds { count: 8 }) else { panic!() };
+    let (id, version) = (ChunkId(first.0), ChunkVersion(1));
+    let end = |size| OpBody::AddChunkEnd { inode: f, index: 0, chunk: id, version, size };
+    let MetaReply::Attr(a) = fs.ok(end(4096)) else { panic!() };
+    assert_eq!(a.size, 4096);
+    let (got, rec) = fs.view().file_chunk(f, 0).unwrap().unwrap();
+    assert_eq!((got, rec.version, rec.refs), (id, version, 1));
+    // The same end again (a retry after a lost answer): the record stays as it is.
+    let MetaReply::Attr(a) = fs.ok(end(8192)) else { panic!() };
+    assert_eq!(a.size, 8192);
+    assert_eq!(fs.view().file_chunk(f, 0).unwrap().unwrap().1.refs, 1);
+    // Another new chunk for the filled slot: refused, and the size is left alone.
+    let other = OpBody::AddChunkEnd { inode: f, index: 0, chunk: ChunkId(first.0 + 1), version, size: 1 << 20 };
+    assert_eq!(fs.err(other), Status::Exists);
+    assert_eq!(fs.view().inode(f).unwrap().unwrap().size, 8192);
+    assert!(fs.view().chunk(ChunkId(first.0 + 1)).unwrap().is_none());
+    // No such file: no chunk.
+    let gone = OpBody::AddChunkEnd { inode: Inode(1 << 40), index: 1, chunk: ChunkId(first.0 + 2), version, size: 1 };
+    assert_eq!(fs.err(gone), Status::NotFound);
+    assert!(fs.view().chunk(ChunkId(first.0 + 2)).unwrap().is_none());
+}
+
+#[test]
 fn a_batch_of_releases_counts_each_handle() {
     let mut fs = Fs::new();
     fs.ok(OpBody::SetTrashTime { inode: ROOT, trash_time: TrashTime(0), recursive: false, creds: root() });

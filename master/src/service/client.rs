@@ -544,8 +544,8 @@ async fn request(
         R::StatFs => statfs(m).await,
         R::ReadChunk { inode, index } => m.read_chunk(ino(inode), index).await,
         R::WriteChunk { inode, index, after_failure } => m.write_lease(session, ino(inode), index, after_failure).await,
-        R::WriteEnd { inode, chunk, size, .. } => {
-            let reply = m.write_end(ino(inode), chunk, size).await?;
+        R::WriteEnd { inode, index, chunk, size, added } => {
+            let reply = m.write_end(ino(inode), index, chunk, size, added).await?;
             match reply {
                 ClientReply::Attr(a) => Ok(ClientReply::Attr(outward(info, a))),
                 other => Ok(other),

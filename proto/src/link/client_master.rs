@@ -214,12 +214,16 @@ pub enum ClientRequest {
         /// write must not keep the version of the ones that have it).
         after_failure: bool,
     },
-    /// The writer is done with the lease; the file is at least `size` bytes long.
+    /// The writer is done with the lease; the file is at least `size` bytes long. `added`:
+    /// the lease was for a new chunk (`new_chunk`), at this version, whose record goes into
+    /// the slot now; `Stale` if that can no longer be done, and the writer writes again
+    /// under a new lease.
     WriteEnd {
         inode: Inode,
         index: u32,
         chunk: ChunkId,
         size: u64,
+        added: Option<ChunkVersion>,
     },
     /// A replica failed a CRC check or could not be reached.
     ReportBadReplica {
@@ -368,11 +372,13 @@ pub enum ClientReply {
         locations: Vec<ChunkLocation>,
     },
     /// A write lease: write blocks to `chain[0]`, which forwards along the chain.
+    /// `new_chunk`: the chunk is not recorded in the file yet; its write end says so.
     WriteLease {
         file_size: u64,
         chunk: ChunkId,
         version: ChunkVersion,
         chain: Vec<ChunkLocation>,
+        new_chunk: bool,
     },
     Counts {
         changed: u64,
