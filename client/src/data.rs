@@ -268,14 +268,12 @@ impl DataPath {
         let head = chain.first().ok_or("empty chain")?;
         let conn = self.connect(&head.addr).await?;
         let (mut reader, mut writer) = conn.split();
-        writer
-            .send(&DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec() })
-            .await
-            .map_err(|e| e.to_string())?;
-        match chain_reply(&mut reader).await? {
-            DataReply::WriteReady => {}
-            other => return Err(format!("chain refused the write: {other:?}")),
-        }
+        // The start, the pieces and the finish go out without waiting for the chain to be
+        // ready or for the pieces before the finish to be acknowledged: the head reads them
+        // in order once the chain is up, and answers ready, each piece, then the finish (or
+        // a failure, after which it closes the connection).
+        let start = DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec() };
+        writer.feed(&start).await.map_err(|e| e.to_string())?;
         // Split at MAX_WRITE boundaries (so pieces after the first are whole, aligned blocks);
         // keep up to WRITE_WINDOW pieces unacknowledged.
         let mut split: Vec<(u32, &[u8])> = Vec::new();
@@ -290,24 +288,27 @@ impl DataPath {
             }
         }
         let total = split.len() as u64;
-        let mut sent = 0u64;
-        let mut acked = 0u64;
-        while acked < total {
+        let (mut sent, mut acked) = (0u64, 0u64);
+        let (mut ready, mut finish_sent) = (false, false);
+        loop {
             while sent < total && sent - acked < WRITE_WINDOW as u64 {
                 let (offset, data) = split[sent as usize];
                 writer.feed(&DataRequestRef::WriteData { id: sent, offset, data }).await.map_err(|e| e.to_string())?;
                 sent += 1;
             }
+            if sent == total && !finish_sent {
+                writer.feed(&DataRequest::WriteFinish { id: total }).await.map_err(|e| e.to_string())?;
+                finish_sent = true;
+            }
             writer.flush().await.map_err(|e| e.to_string())?;
             match chain_reply(&mut reader).await? {
-                DataReply::WriteDone { id } if id == acked => acked += 1,
-                other => return Err(format!("piece {acked}: {other:?}")),
+                DataReply::WriteReady if !ready => ready = true,
+                other if !ready => return Err(format!("chain refused the write: {other:?}")),
+                DataReply::WriteDone { id } if id == acked && acked < total => acked += 1,
+                DataReply::WriteFinished { id } if id == total && acked == total => break,
+                other if acked < total => return Err(format!("piece {acked}: {other:?}")),
+                other => return Err(format!("finish: {other:?}")),
             }
-        }
-        writer.send(&DataRequest::WriteFinish { id: total }).await.map_err(|e| e.to_string())?;
-        match chain_reply(&mut reader).await? {
-            DataReply::WriteFinished { id } if id == total => {}
-            other => return Err(format!("finish: {other:?}")),
         }
         if let Some(c) = Connection::rejoin(reader, writer) {
             self.give_back(&head.addr, c);
