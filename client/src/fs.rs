@@ -218,6 +218,8 @@ struct Inner {
     spare: Arc<Spare>,
 }
 
+/// The attribute the kernel asks for before every write to a file.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
 /// Entries of the missing-xattr cache above which expired ones are dropped.
 const NO_XATTR_ENTRIES: usize = 1 << 16;
 
@@ -1186,6 +1188,8 @@ impl Filesystem for AlcesFs {
         self.spawn(move |fs| async move {
             match fs.attr_call(&creds, body).await {
                 Ok(a) => {
+                    // A new file has no extended attributes: its first write need not ask.
+                    fs.note_xattr(a.inode, CAPABILITY_XATTR.to_vec(), true);
                     let fh = fs.new_handle(Inner::file_handle(a.inode));
                     reply.created(&ttl, &fuse_attr(&a), Generation(0), FileHandle(fh), fs.opts.open_flags);
                 }
