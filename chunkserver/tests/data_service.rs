@@ -1,7 +1,8 @@
 //! The chunkserver's store and data service over real TCP on loopback with real chunk files:
 //! a chunk file written by MooseFS 3 read in place, writes and reads across blocks, holes,
 //! flipped bits caught by reads and by the scrubber, a chain of three losing its middle
-//! server mid-write, a restart rebuilding the chunk list, a folder marked for removal.
+//! server mid-write, chained writes after the next server restarted, a restart rebuilding
+//! the chunk list, a folder marked for removal.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -32,15 +33,19 @@ struct Node {
 
 impl Node {
     async fn start(id: u64, folders: &[(PathBuf, bool)]) -> Node {
+        Node::start_on(id, folders, "127.0.0.1:0").await
+    }
+
+    async fn start_on(id: u64, folders: &[(PathBuf, bool)], bind: &str) -> Node {
         let specs = folders.iter().map(|(p, leaving)| FolderSpec::new(p.clone(), *leaving)).collect();
         let folders = Folders::open(specs).expect("opening the data folders");
         let scan = folders.scan();
         assert!(scan.damaged.is_empty(), "damaged files: {:?}", scan.damaged);
         let store = Store::new(folders, scan);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding");
+        let listener = tokio::net::TcpListener::bind(bind).await.expect("binding");
         let addr = listener.local_addr().expect("address").to_string();
         let stop = CancellationToken::new();
-        let cfg = DataConfig { id: ChunkserverId(id), secret: Secret::new("test secret") };
+        let cfg = DataConfig::new(ChunkserverId(id), Secret::new("test secret"));
         tokio::spawn(data_service::serve(store.clone(), cfg, listener, stop.clone()));
         Node { id: ChunkserverId(id), store, addr, stop }
     }
@@ -291,6 +296,39 @@ async fn a_chain_that_loses_its_middle_server_fails_the_write_and_every_acknowle
     for n in nodes {
         n.shut_down().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_writes_go_on_after_the_next_server_restarts() {
+    let tmp = alces_testkit::temp_dir("alces-cs-reuse-");
+    let head = Node::start(1, &[(folder(tmp.path(), "a"), false)]).await;
+    let mut next = Node::start(2, &[(folder(tmp.path(), "b"), false)]).await;
+    let data = |id: u64| pseudo_random_bytes(id, 5000 + id as usize);
+    let mut written = Vec::new();
+    for round in 0..3u64 {
+        // Several writes one after the other: the head keeps its connection to the next
+        // server between them.
+        for k in 0..4u64 {
+            let chunk = ChunkId(round * 10 + k);
+            head.store.create(chunk, V1).await.unwrap();
+            next.store.create(chunk, V1).await.unwrap();
+            write(&[head.location(), next.location()], chunk, &[(0, data(chunk.0))]).await.unwrap();
+            written.push(chunk);
+        }
+        // The next server goes away and comes back on the same address: the head's idle
+        // connection to it is dead, and the following write still goes through.
+        let addr = next.addr.clone();
+        next.shut_down().await;
+        next = Node::start_on(2, &[(folder(tmp.path(), "b"), false)], &addr).await;
+    }
+    for chunk in written {
+        let want = data(chunk.0);
+        for node in [&head, &next] {
+            assert_eq!(read(&node.addr, chunk, V1, 0, want.len() as u32).await.unwrap(), want, "{chunk:?}");
+        }
+    }
+    head.shut_down().await;
+    next.shut_down().await;
 }
 
 #[tokio::test]

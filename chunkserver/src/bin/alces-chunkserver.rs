@@ -52,7 +52,7 @@ async fn run(cfg: CsConfig) -> Result<()> {
     let stop = CancellationToken::new();
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
-    let data_cfg = DataConfig { id, secret: cfg.secret.clone() };
+    let data_cfg = DataConfig::new(id, cfg.secret.clone());
     tokio::spawn(data_service::serve(store.clone(), data_cfg, listener, stop.clone()));
     let link_cfg =
         LinkConfig { id, data_addr: cfg.data_addr.clone(), label: cfg.label.clone(), secret: cfg.secret.clone() };
