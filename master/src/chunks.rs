@@ -295,6 +295,9 @@ impl Master {
             let chunk = self.new_chunk_id().await?;
             let version = self.next_version(chunk, ChunkVersion(0));
             let targets = self.create_orders(goal, chunk, version);
+            if targets.is_empty() && self.topology.all_full() {
+                return Err(Status::NoSpace.into());
+            }
             let unrecorded = Some(((inode, index), self.term()));
             self.grant(session, file.size, chunk, version, Vec::new(), unrecorded);
             self.leases.unrecorded.lock().expect("lease lock").insert((inode, index), chunk);

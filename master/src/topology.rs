@@ -294,6 +294,15 @@ impl Topology {
 
     /// Chooses `n` connected servers for new replicas, never one in `exclude`: most free
     /// space first, spreading over labels when servers have them.
+    /// Whether chunkservers are connected, have all sent their chunk lists, and none has
+    /// space left: a new chunk fails with ENOSPC rather than waiting for a server that is
+    /// merely not connected yet (after a failover, or at start).
+    pub fn all_full(&self) -> bool {
+        let g = self.lock();
+        let mut connected = g.servers.values().filter(|s| s.tx.is_some()).peekable();
+        connected.peek().is_some() && connected.all(|s| s.reported && s.load.avail_bytes == 0)
+    }
+
     pub fn place(&self, n: usize, exclude: &[ChunkserverId]) -> Vec<ChunkLocation> {
         let g = self.lock();
         let mut candidates: Vec<(&ChunkserverId, &Server)> = g
@@ -413,6 +422,24 @@ mod tests {
         assert_eq!(ids(t.place(3, &[])), vec![2, 3, 4], "a third label before a second copy on label a");
         assert_eq!(ids(t.place(4, &[])), vec![2, 3, 4, 1]);
         assert_eq!(ids(t.place(9, &[ChunkserverId(2)])), vec![3, 1, 4], "never a full server, never an excluded one");
+    }
+
+    #[test]
+    fn the_cluster_is_full_only_when_every_connected_server_reported_no_space() {
+        let t = Topology::default();
+        assert!(!t.all_full(), "no server at all: wait for one, not ENOSPC");
+        let (tx1, _rx1) = mpsc::unbounded_channel();
+        let (tx2, _rx2) = mpsc::unbounded_channel();
+        t.register(&reg(1, 0, ""), tx1);
+        let g2 = t.register(&reg(2, 0, ""), tx2);
+        assert!(!t.all_full(), "chunk lists not in yet");
+        t.report(ChunkserverId(1), &[], true);
+        t.report(ChunkserverId(2), &[], true);
+        assert!(t.all_full());
+        t.heartbeat(ChunkserverId(2), CsLoad { avail_bytes: 1 << 30, ..Default::default() });
+        assert!(!t.all_full(), "one server has room");
+        t.disconnect(ChunkserverId(2), g2);
+        assert!(t.all_full(), "a server that is gone does not count");
     }
 
     #[test]
