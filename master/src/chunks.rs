@@ -36,6 +36,8 @@ const LEASE_TIME: Duration = Duration::from_secs(60);
 /// to the chunk (a sequential writer's next buffer) needs no version change; another client
 /// takes it over at once.
 const IDLE_LEASE: Duration = Duration::from_secs(5);
+/// Leases kept, lapsed ones included, before the lapsed ones are dropped.
+const LEASES_KEPT: usize = 10_000;
 /// Chunk ids the leader sets aside at a time for new chunks (one commit per this many).
 const RESERVED_IDS: u32 = 1024;
 
@@ -90,6 +92,23 @@ impl Leases {
             slots.retain(|_, m| Arc::strong_count(m) > 1);
         }
         slots.entry((inode, index)).or_default().clone()
+    }
+
+    /// Records a lease, and the slot of one on a new chunk not recorded yet. Lapsed leases
+    /// are dropped once there are [`LEASES_KEPT`]: they grant nothing (every use checks the
+    /// time), and each file written once would otherwise leave its lease behind for good.
+    fn insert(&self, chunk: ChunkId, lease: Lease) {
+        let mut unrecorded = self.unrecorded.lock().expect("lease lock");
+        let mut leases = self.leases.lock().expect("lease lock");
+        if leases.len() >= LEASES_KEPT {
+            let now = Instant::now();
+            leases.retain(|_, l| l.expires > now);
+            unrecorded.retain(|_, c| leases.contains_key(c));
+        }
+        if let Some((slot, _)) = lease.unrecorded {
+            unrecorded.insert(slot, chunk);
+        }
+        leases.insert(chunk, lease);
     }
 
     /// Whether a write lease on `chunk` is in force or its version is being moved (the
@@ -300,7 +319,6 @@ impl Master {
             }
             let unrecorded = Some(((inode, index), self.term()));
             self.grant(session, file.size, chunk, version, Vec::new(), unrecorded);
-            self.leases.unrecorded.lock().expect("lease lock").insert((inode, index), chunk);
             let created = self.bump(chunk, version, targets, false).await;
             let mut unrecorded = self.leases.unrecorded.lock().expect("lease lock");
             let mut leases = self.leases.leases.lock().expect("lease lock");
@@ -403,7 +421,7 @@ impl Master {
     ) -> ClientReply {
         let expires = Instant::now() + LEASE_TIME;
         let lease = Lease { session, version, chain: chain.clone(), holders: 1, expires, unrecorded };
-        self.leases.leases.lock().expect("lease lock").insert(chunk, lease);
+        self.leases.insert(chunk, lease);
         ClientReply::WriteLease { file_size, chunk, version, chain, new_chunk: unrecorded.is_some() }
     }
 
@@ -532,5 +550,32 @@ impl Master {
         self.leases.leases.lock().expect("lease lock").remove(&id);
         self.bump(chunk, new_version, targets, true).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(expires: Instant, unrecorded: Option<((Inode, u32), u64)>) -> Lease {
+        Lease { session: SessionId(1), version: ChunkVersion(1), chain: Vec::new(), holders: 0, expires, unrecorded }
+    }
+
+    #[test]
+    fn lapsed_leases_are_dropped_once_there_are_many() {
+        let leases = Leases::default();
+        let past = Instant::now() - Duration::from_secs(1);
+        let later = Instant::now() + LEASE_TIME;
+        leases.insert(ChunkId(1), lease(past, Some(((Inode(7), 0), 1))));
+        leases.insert(ChunkId(2), lease(later, Some(((Inode(8), 0), 1))));
+        for id in 3..LEASES_KEPT as u64 + 1 {
+            leases.insert(ChunkId(id), lease(past, None));
+        }
+        assert_eq!(leases.leases.lock().unwrap().len(), LEASES_KEPT, "nothing dropped below the bound");
+        leases.insert(ChunkId(0), lease(later, None));
+        let kept: HashSet<ChunkId> = leases.leases.lock().unwrap().keys().copied().collect();
+        assert_eq!(kept, HashSet::from([ChunkId(0), ChunkId(2)]), "the lapsed ones went, the live ones stayed");
+        let slots = leases.unrecorded.lock().unwrap().clone();
+        assert_eq!(slots, HashMap::from([((Inode(8), 0), ChunkId(2))]), "with the slot of the lapsed new chunk");
     }
 }
