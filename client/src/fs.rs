@@ -165,6 +165,8 @@ enum Handle_ {
         last_end: AtomicU64,
         /// Taken by a read that missed the window while it fills one (see [`Inner::read`]).
         fill: tokio::sync::Mutex<()>,
+        /// Kept by the leader in memory (an open), not recorded through Raft (a create).
+        held: bool,
     },
     Dir {
         entries: Vec<(Vec<u8>, u64, FileType)>,
@@ -210,7 +212,7 @@ struct Inner {
     handles: Mutex<HashMap<u64, Arc<Handle_>>>,
     next_fh: AtomicU64,
     /// Closed handles on their way to the master (see [`send_releases`]).
-    releases: mpsc::UnboundedSender<Inode>,
+    releases: mpsc::UnboundedSender<Closed>,
     /// Extended attributes the master said a file lacks, until when that answer is reused
     /// (see [`Inner::missing_xattr`]).
     no_xattr: Mutex<HashMap<(Inode, Vec<u8>), Instant>>,
@@ -258,21 +260,56 @@ const RELEASE_LINGER: Duration = Duration::from_millis(20);
 const SPARE_BUFFERS: usize = 3;
 const SPARE_IDLE: Duration = Duration::from_secs(5);
 
+/// A closed handle, as the master knows it.
+enum Closed {
+    /// Recorded through Raft (a handle from a create): released by inode.
+    Recorded(Inode),
+    /// Kept by the leader under its number (a handle from an open).
+    Held(u64),
+}
+
 /// Reports closed handles to the master in batches, until the file system is dropped.
-async fn send_releases(master: MasterClient, mut rx: mpsc::UnboundedReceiver<Inode>) {
+async fn send_releases(master: MasterClient, mut rx: mpsc::UnboundedReceiver<Closed>) {
     while let Some(first) = rx.recv().await {
         tokio::time::sleep(RELEASE_LINGER).await;
-        let mut inodes = vec![first];
-        while inodes.len() < MAX_RELEASES {
-            match rx.try_recv() {
-                Ok(inode) => inodes.push(inode),
-                Err(_) => break,
+        let (mut inodes, mut handles) = (Vec::new(), Vec::new());
+        let mut next = Some(first);
+        while let Some(c) = next {
+            match c {
+                Closed::Recorded(inode) => inodes.push(inode),
+                Closed::Held(fh) => handles.push(fh),
+            }
+            next = if inodes.len() < MAX_RELEASES && handles.len() < MAX_RELEASES { rx.try_recv().ok() } else { None };
+        }
+        if !handles.is_empty() {
+            let n = handles.len();
+            if let Err(e) = master.call(&Creds::root(), ClientRequest::ReleaseHandles { handles }).await {
+                tracing::warn!(handles = n, error = %e, "closed handles not reported");
             }
         }
-        let n = inodes.len();
-        if let Err(e) = master.call(&Creds::root(), ClientRequest::ReleaseMany { inodes }).await {
-            tracing::warn!(handles = n, error = %e, "releases not recorded");
+        if !inodes.is_empty() {
+            let n = inodes.len();
+            if let Err(e) = master.call(&Creds::root(), ClientRequest::ReleaseMany { inodes }).await {
+                tracing::warn!(handles = n, error = %e, "releases not recorded");
+            }
         }
+    }
+}
+
+/// How often a mount holding handles on files checks that it still talks to the leader.
+const HELD_CHECK: Duration = Duration::from_secs(1);
+
+/// While the leader keeps handles of this mount, asks the leader something every
+/// [`HELD_CHECK`], so that after a failover an idle mount registers with the new leader, and
+/// tells it which files it holds open, within a second or two (the new leader frees no
+/// deleted file until then).
+async fn keep_held(master: MasterClient) {
+    loop {
+        tokio::time::sleep(HELD_CHECK).await;
+        if master.held_handles().lock().expect("held handles lock").is_empty() {
+            continue;
+        }
+        let _ = master.call(&Creds::root(), ClientRequest::ReleaseHandles { handles: Vec::new() }).await;
     }
 }
 
@@ -547,7 +584,7 @@ impl Inner {
     /// [`Options::read_ahead`] bytes at a time, and once it is half way through one, the next
     /// window is fetched in the background, so the reader rarely waits for the chunkservers.
     async fn read(self: &Arc<Self>, h: &Handle_, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let Handle_::File { inode, read_ahead, prefetch, last_end, fill } = h else { return Err(Errno::EISDIR) };
+        let Handle_::File { inode, read_ahead, prefetch, last_end, fill, .. } = h else { return Err(Errno::EISDIR) };
         let inode = *inode;
         self.flush(inode).await?;
         let end = offset + size as u64;
@@ -652,13 +689,14 @@ impl Inner {
         self.handles.lock().expect("handle lock").get(&fh.0).cloned()
     }
 
-    fn file_handle(inode: Inode) -> Handle_ {
+    fn file_handle(inode: Inode, held: bool) -> Handle_ {
         Handle_::File {
             inode,
             read_ahead: Mutex::new(None),
             prefetch: Mutex::new(None),
             last_end: AtomicU64::new(u64::MAX),
             fill: tokio::sync::Mutex::new(()),
+            held,
         }
     }
 }
@@ -668,6 +706,7 @@ impl AlcesFs {
         let data = DataPath::new(master.clone());
         let (releases, rx) = mpsc::unbounded_channel();
         rt.spawn(send_releases(master.clone(), rx));
+        rt.spawn(keep_held(master.clone()));
         let spare = Arc::new(Spare::new(SPARE_BUFFERS));
         let trimmed = spare.clone();
         rt.spawn(async move {
@@ -889,7 +928,7 @@ impl Filesystem for AlcesFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if ino.0 == MASTERINFO_INODE {
-            let fh = self.inner.new_handle(Inner::file_handle(Inode(MASTERINFO_INODE)));
+            let fh = self.inner.new_handle(Inner::file_handle(Inode(MASTERINFO_INODE), false));
             return reply.opened(FileHandle(fh), FopenFlags::empty());
         }
         let creds = creds(req);
@@ -899,13 +938,28 @@ impl Filesystem for AlcesFs {
                 fs.cut(inode, 0).await;
                 fs.data.invalidate(inode);
             }
-            match fs.call(&creds, ClientRequest::Open { inode, flags: flags.0 as u32 }).await {
-                Ok(_) => {
+            // Listed before the leader may open it (see `HeldHandles`).
+            let fh = fs.next_fh.fetch_add(1, Ordering::Relaxed);
+            let held = fs.master.held_handles().clone();
+            held.lock().expect("held handles lock").insert(fh, inode);
+            match fs.attr_call(&creds, ClientRequest::Open { inode, flags: flags.0 as u32, handle: fh }).await {
+                Ok(a) => {
+                    // The leader keeps opens of regular files; it recorded any other.
+                    let kept = a.kind == FileKind::File;
+                    if !kept {
+                        held.lock().expect("held handles lock").remove(&fh);
+                    }
                     fs.forget_read_ahead(inode);
-                    let fh = fs.new_handle(Inner::file_handle(inode));
+                    fs.handles.lock().expect("handle lock").insert(fh, Arc::new(Inner::file_handle(inode, kept)));
                     reply.opened(FileHandle(fh), fs.opts.open_flags);
                 }
-                Err(e) => reply.error(stale(e)),
+                Err(e) => {
+                    // A leader registered with meanwhile was told of it: tell it it is closed.
+                    if held.lock().expect("held handles lock").remove(&fh).is_some() {
+                        let _ = fs.releases.send(Closed::Held(fh));
+                    }
+                    reply.error(stale(e))
+                }
             }
         });
     }
@@ -991,7 +1045,14 @@ impl Filesystem for AlcesFs {
             let r = fs.flush(inode).await;
             // The master counts a session's handles on a file (a release and another
             // handle's open commute), so nobody needs to wait for this one.
-            let _ = fs.releases.send(inode);
+            let closed = match h.as_deref() {
+                Some(Handle_::File { held: true, .. }) => {
+                    fs.master.held_handles().lock().expect("held handles lock").remove(&fh.0);
+                    Closed::Held(fh.0)
+                }
+                _ => Closed::Recorded(inode),
+            };
+            let _ = fs.releases.send(closed);
             let still_open = fs
                 .handles
                 .lock()
@@ -1190,7 +1251,7 @@ impl Filesystem for AlcesFs {
                 Ok(a) => {
                     // A new file has no extended attributes: its first write need not ask.
                     fs.note_xattr(a.inode, CAPABILITY_XATTR.to_vec(), true);
-                    let fh = fs.new_handle(Inner::file_handle(a.inode));
+                    let fh = fs.new_handle(Inner::file_handle(a.inode, false));
                     reply.created(&ttl, &fuse_attr(&a), Generation(0), FileHandle(fh), fs.opts.open_flags);
                 }
                 Err(e) => reply.error(e),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use alces_proto::link::client_master::{
     ClientError, ClientReply, ClientRequest, Register, Reply, Request, SessionView,
 };
-use alces_proto::types::{Creds, SessionId};
+use alces_proto::types::{Creds, Inode, SessionId};
 use alces_proto::{Connection, Handshake, LinkKind, Status};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::Instant;
@@ -122,7 +122,14 @@ pub struct MasterClient {
     state: Arc<Mutex<State>>,
     next_id: Arc<AtomicU64>,
     in_flight: Arc<StdMutex<BTreeSet<u64>>>,
+    held: HeldHandles,
 }
+
+/// Handles the leader keeps in memory for this session (see [`ClientRequest::Open`]), by
+/// handle number. Whoever opens one puts it here before asking, and takes it out before
+/// reporting it closed, so that every registration with a new leader names every handle an
+/// earlier leader may have opened and not yet seen closed.
+pub type HeldHandles = Arc<StdMutex<HashMap<u64, Inode>>>;
 
 /// Holds a request id in the session's in-flight set for as long as its call runs, including
 /// a call dropped half way (an aborted read-ahead): an id left behind would hold the
@@ -183,6 +190,11 @@ impl MasterClient {
         self.state.lock().await.session.clone()
     }
 
+    /// The handles of this session the leader keeps in memory.
+    pub fn held_handles(&self) -> &HeldHandles {
+        &self.held
+    }
+
     /// The address of the master currently used.
     pub async fn current_master(&self) -> Option<String> {
         self.state.lock().await.link.as_ref().map(|l| l.addr.clone())
@@ -204,6 +216,7 @@ impl MasterClient {
             })),
             next_id: Arc::new(AtomicU64::new(1)),
             in_flight: Arc::default(),
+            held: Arc::default(),
         }
     }
 
@@ -469,6 +482,8 @@ impl MasterClient {
             password_proof,
             client_name: self.opts.client_name.clone(),
             tool_of: self.opts.tool_of,
+            // Taken under the state lock, which calls wait for while the link is replaced.
+            handles: self.held.lock().expect("held handles lock").iter().map(|(h, i)| (*h, *i)).collect(),
         };
         let req = Request { id, low_water: id, creds: root, body: ClientRequest::Register(reg) };
         match self.send(link, req).await {

@@ -325,6 +325,55 @@ fn a_workload_keeps_running_while_the_leader_is_killed() -> Result<()> {
     Ok(())
 }
 
+/// A file that one mount reads while another deletes it (no trash time) stays readable
+/// through the open descriptor, also when the leader that saw the open is killed before the
+/// delete (leaders keep such handles in memory; the mount tells the new one), and is freed
+/// once the descriptor is closed.
+#[test]
+fn a_file_deleted_while_open_elsewhere_stays_readable_across_a_leader_kill() -> Result<()> {
+    let dir = alces_testkit::temp_dir("alces-mount-held-");
+    let (reader, deleter) = (dir.path().join("reader"), dir.path().join("deleter"));
+    let mut cluster = start(dir.path(), None, None, 30)?;
+    cluster.mount(&reader, false, &[])?;
+    cluster.mount(&deleter, false, &[])?;
+    fs::create_dir(reader.join("held"))?;
+    alces(&cluster, &["settrashtime", "0", &reader.join("held").display().to_string()])?;
+    // Two chunks: the second one's servers are asked for only after the delete.
+    let data = pseudo_random_bytes(5, 66 << 20);
+    let second = 64 << 20;
+    for failover in [false, true] {
+        let name = format!("held/f{failover}");
+        fs::write(reader.join(&name), &data)?;
+        let mut f = fs::File::open(reader.join(&name))?;
+        let mut head = vec![0u8; 1 << 20];
+        f.read_exact(&mut head)?;
+        ensure!(head == data[..1 << 20], "the head of {name} differs");
+        let killed = if failover {
+            let leader = cluster.wait_leader(Duration::from_secs(30))?;
+            cluster.kill_master(leader, Signal::SIGKILL)?;
+            Some(leader)
+        } else {
+            None
+        };
+        fs::remove_file(deleter.join(&name)).context("unlink through the other mount")?;
+        // The leader looks for files to free every second, and at once after an unlink.
+        std::thread::sleep(Duration::from_secs(4));
+        let inodes = cluster.view().context("no master answers")?.inodes;
+        f.seek(SeekFrom::Start(second))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail).with_context(|| format!("reading the deleted {name} (failover: {failover})"))?;
+        ensure!(tail == data[second as usize..], "the tail of the deleted {name} differs");
+        drop(f);
+        wait_for("the closed file to be freed", Duration::from_secs(30), || {
+            Ok(cluster.view().is_some_and(|v| v.leader.is_some() && v.inodes < inodes))
+        })?;
+        if let Some(id) = killed {
+            cluster.start_master(id)?;
+        }
+    }
+    Ok(())
+}
+
 /// A write-out that fails (every chunkserver down) keeps its data. The failure reaches the
 /// call that asked for the write-out (here the close of a second descriptor, as the close in
 /// a forked child would be), and a later `fsync` of the first descriptor, once the

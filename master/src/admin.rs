@@ -50,6 +50,7 @@ pub struct Metrics {
     cs_errors: IntGaugeVec,
     sessions: IntGauge,
     leases: IntGauge,
+    open_handles: IntGauge,
     replication_chunks: IntGaugeVec,
     replication_orders: IntGaugeVec,
     requests: IntCounterVec,
@@ -97,6 +98,7 @@ impl Default for Metrics {
             ),
             sessions: gauge(&r, "alces_master_sessions", "Client sessions"),
             leases: gauge(&r, "alces_master_write_leases", "Active chunk write leases"),
+            open_handles: gauge(&r, "alces_master_open_handles", "Handles open on regular files, kept by the leader"),
             replication_chunks: gauge_vec(
                 &r,
                 "alces_master_replication_chunks",
@@ -407,6 +409,7 @@ impl AdminBackend for Master {
         m.chunks.set(view.counter(COUNT_CHUNKS).unwrap_or(0) as i64);
         m.sessions.set(view.sessions().map(|s| s.len()).unwrap_or(0) as i64);
         m.leases.set(self.leases.active() as i64);
+        m.open_handles.set(self.handles.count() as i64);
         m.chunk_copies.reset();
         for c in self.chunk_copies() {
             m.chunk_copies.with_label_values(&[&c.goal.to_string(), &c.valid.to_string()]).set(c.chunks as i64);

@@ -35,6 +35,7 @@ pub static KEYS: &[Key] = &[
     Key { name: "SESSION_SUSTAIN_TIME", default: Some("86400"), help: "seconds a disconnected session is kept" },
     Key { name: "CHUNKSERVER_TIMEOUT", default: Some("60"), help: "seconds without a heartbeat before a chunkserver counts as lost" },
     Key { name: "REPLICATIONS_DELAY_INIT", default: Some("30"), help: "seconds a new leader waits before repairing, trimming or deleting replicas (writes under a previous leader's leases finish first)" },
+    Key { name: "DELETE_DELAY_INIT", default: Some("60"), help: "seconds a new leader waits, unless every mount told it the files it holds open sooner, before it frees deleted files" },
     Key { name: "ACCEPTABLE_PERCENTAGE_DIFFERENCE", default: Some("1.0"), help: "chunks move from the fullest chunkserver to the emptiest while their usage (percent of space) differs by more than this" },
     Key { name: "SNAPSHOT_EVERY", default: Some("100000"), help: "build a metadata snapshot after this many log entries" },
     Key { name: "KEEP_LOGS", default: Some("10000"), help: "log entries kept behind a snapshot" },
@@ -65,6 +66,7 @@ pub struct MasterConfig {
     pub session_sustain: Duration,
     pub chunkserver_timeout: Duration,
     pub replications_delay_init: Duration,
+    pub delete_delay_init: Duration,
     /// ACCEPTABLE_PERCENTAGE_DIFFERENCE, in millionths of a server's space.
     pub acceptable_difference_ppm: u64,
     pub snapshot_every: u64,
@@ -186,6 +188,7 @@ impl MasterConfig {
             session_sustain: Duration::from_secs(s.get("SESSION_SUSTAIN_TIME")?),
             chunkserver_timeout: Duration::from_secs(s.get("CHUNKSERVER_TIMEOUT")?),
             replications_delay_init: Duration::from_secs(s.get("REPLICATIONS_DELAY_INIT")?),
+            delete_delay_init: Duration::from_secs(s.get("DELETE_DELAY_INIT")?),
             acceptable_difference_ppm: s.get_with("ACCEPTABLE_PERCENTAGE_DIFFERENCE", |v| match v.parse::<f64>() {
                 Ok(p) if (0.0..=100.0).contains(&p) => Ok((p * 10_000.0).round() as u64),
                 _ => Err("must be a percentage from 0 to 100".into()),

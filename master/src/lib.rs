@@ -6,6 +6,7 @@ pub mod admin;
 pub mod chunks;
 pub mod config;
 pub mod exports;
+pub mod handles;
 pub mod master;
 pub mod namespace;
 pub mod replication;

@@ -30,6 +30,10 @@ pub struct Master {
     pub node: Arc<RaftNode<Namespace>>,
     pub topology: Arc<Topology>,
     pub leases: Leases,
+    /// Leader only: handles open on regular files (see `handles.rs`).
+    pub handles: crate::handles::Handles,
+    /// Wakes the leader's freeing of deleted files (a file may have become free).
+    reap_soon: tokio::sync::Notify,
     pub replication: crate::replication::ReplicationStats,
     exports: RwLock<Arc<Exports>>,
     /// Leader only: when each session was last active, for expiry.
@@ -90,6 +94,8 @@ impl Master {
             node,
             topology: Arc::default(),
             leases: Leases::default(),
+            handles: Default::default(),
+            reap_soon: tokio::sync::Notify::new(),
             replication: Default::default(),
             exports: RwLock::new(Arc::new(exports)),
             sessions_seen: Mutex::default(),
@@ -101,6 +107,7 @@ impl Master {
         tokio::spawn(crate::service::cs::serve(master.clone(), cs_listener));
         tokio::spawn(crate::service::cs::announce_leadership(master.clone()));
         tokio::spawn(duties(master.clone()));
+        tokio::spawn(reaper(master.clone()));
         crate::admin::serve(master.clone()).await.with_context(|| format!("binding {}", master.config.admin_listen))?;
         tracing::info!(id = master.config.id, client = %master.client_addr, cs = %master.cs_addr, "master started");
         Ok(master)
@@ -179,6 +186,13 @@ impl Master {
 
     pub fn session_gone(&self, id: SessionId) {
         self.sessions_seen.lock().expect("sessions lock").remove(&id);
+        self.handles.forget_session(id);
+        self.reap_soon();
+    }
+
+    /// A deleted file may have lost its last handle: have the leader look soon.
+    pub fn reap_soon(&self) {
+        self.reap_soon.notify_one();
     }
 
     /// Stops the services and the Raft node.
@@ -233,6 +247,29 @@ async fn duties(m: Arc<Master>) {
             }
             expire_sessions(&m).await;
         }
+    }
+}
+
+/// Frees deleted files once nobody holds them open: every second, and soon after anything
+/// that may have let one go. Runs on every master and acts only while it leads.
+async fn reaper(m: Arc<Master>) {
+    let mut leading: Option<(u64, Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = m.stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = m.reap_soon.notified() => {}
+        }
+        if !m.is_leader() {
+            leading = None;
+            continue;
+        }
+        let term = m.term();
+        let since = match leading {
+            Some((t, since)) if t == term => since,
+            _ => leading.insert((term, Instant::now())).1,
+        };
+        crate::handles::reap(&m, since).await;
     }
 }
 

@@ -111,6 +111,16 @@ pub fn apply_op(t: &mut Txn<'_, '_>, op: MetaOp) -> Res<MetaReply> {
         }
         OpBody::AppendChunks { dst, src, creds } => append_chunks(t, now, dst, src, &creds),
         OpBody::WriteEnd { inode, size } => write_end(t, now, inode, size),
+        OpBody::Free { inodes } => {
+            let mut freed = 0;
+            for ino in inodes {
+                if t.inode(ino)?.is_some_and(|r| r.state == InodeState::Reserved) && !is_open(t, ino)? {
+                    free_inode(t, ino)?;
+                    freed += 1;
+                }
+            }
+            Ok(MetaReply::Freed(freed))
+        }
     }
 }
 
@@ -333,7 +343,9 @@ fn mark_open(t: &mut Txn<'_, '_>, s: SessionId, ino: Inode) -> Res<()> {
     Ok(())
 }
 
-/// An inode's last name is gone: to the trash, kept while open, or freed.
+/// An inode's last name is gone: a file goes to the trash, or is reserved until the leader
+/// frees it ([`OpBody::Free`]: a handle the leader keeps in memory may be open on it); anything
+/// else is kept while a recorded handle is open, or freed.
 fn release(t: &mut Txn<'_, '_>, now: Timestamp, ino: Inode, mut rec: InodeRec, path: Vec<u8>) -> Res<()> {
     if rec.kind == FileKind::File && rec.trash_time.0 > 0 {
         let expires = now.secs.saturating_add(rec.trash_time.0 as i64);
@@ -341,7 +353,7 @@ fn release(t: &mut Txn<'_, '_>, now: Timestamp, ino: Inode, mut rec: InodeRec, p
         t.put_inode(ino, &rec);
         t.put(CF_TRASH, &trash(ino), &TrashRec { path, deleted_at: now, expires });
         t.put_raw(CF_TRASH, &trash_expiry(expires, ino), Vec::new());
-    } else if is_open(t, ino)? {
+    } else if rec.kind == FileKind::File || is_open(t, ino)? {
         rec.state = InodeState::Reserved;
         t.put_inode(ino, &rec);
         t.put(CF_TRASH, &reserved(ino), &TrashRec { path, deleted_at: now, expires: 0 });
@@ -370,9 +382,11 @@ fn free_inode(t: &mut Txn<'_, '_>, ino: Inode) -> Res<()> {
     Ok(())
 }
 
+/// The last recorded handle on a reserved inode closed: anything but a file is freed now; a
+/// file waits for [`OpBody::Free`].
 fn maybe_free_reserved(t: &mut Txn<'_, '_>, ino: Inode) -> Res<()> {
     if let Some(r) = t.inode(ino)? {
-        if r.state == InodeState::Reserved && !is_open(t, ino)? {
+        if r.state == InodeState::Reserved && r.kind != FileKind::File && !is_open(t, ino)? {
             free_inode(t, ino)?;
         }
     }
@@ -926,12 +940,9 @@ fn expire_trash(t: &mut Txn<'_, '_>, now: Timestamp, limit: u32) -> Res<MetaRepl
     Ok(MetaReply::Freed(due.len() as u64))
 }
 
-/// A trash entry expires or is purged: freed, or, while a session still has the file open,
-/// kept as a reserved file until the last handle is released (as in MooseFS).
+/// A trash entry expires or is purged: reserved, and freed by [`OpBody::Free`] once no
+/// session holds it open (as in MooseFS, a file open while it leaves the trash is kept).
 fn leave_trash(t: &mut Txn<'_, '_>, ino: Inode, mut rec: InodeRec) -> Res<()> {
-    if !is_open(t, ino)? {
-        return free_inode(t, ino);
-    }
     let tr = t.get::<TrashRec>(CF_TRASH, &trash(ino))?.ok_or(Status::Io)?;
     t.delete(CF_TRASH, &trash(ino));
     t.delete(CF_TRASH, &trash_expiry(tr.expires, ino));

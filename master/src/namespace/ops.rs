@@ -205,6 +205,13 @@ pub enum OpBody {
         version: ChunkVersion,
         size: u64,
     },
+    /// Frees files that are reserved and that no session holds open any more. Files whose
+    /// last name goes, that leave the trash, or whose last recorded handle closes become
+    /// reserved; only this op frees them, proposed by the leader once it knows that no
+    /// handle it keeps in memory (see `handles.rs`) is open on them either.
+    Free {
+        inodes: Vec<Inode>,
+    },
 }
 
 /// The outcome of a [`MetaOp`].

@@ -196,6 +196,12 @@ impl<'a> View<'a> {
             .collect()
     }
 
+    /// Whether a handle recorded through Raft (`OpBody::Open`, or a create that opened) is
+    /// open on `ino`.
+    pub fn has_recorded_handles(&self, ino: Inode) -> Result<bool, Status> {
+        Ok(!self.scan(CF_SESSIONS, &tagged(b'O', ino.0), None, 1)?.is_empty())
+    }
+
     /// Trashed (`tag` b't') or reserved (`tag` b'r') files.
     pub fn trash(&self, tag: u8, after: Option<Inode>, limit: usize) -> Result<Vec<(Inode, TrashRec)>, Status> {
         let after_key = after.map(|i| tagged(tag, i.0));

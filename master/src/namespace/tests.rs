@@ -92,6 +92,18 @@ impl Fs {
         }
     }
 
+    /// Applies [`OpBody::Free`]; how many were freed.
+    fn free(&mut self, inodes: &[Inode]) -> u64 {
+        match self.ok(OpBody::Free { inodes: inodes.to_vec() }) {
+            MetaReply::Freed(n) => n,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn state(&self, ino: Inode) -> Option<InodeState> {
+        self.view().inode(ino).unwrap().map(|r| r.state)
+    }
+
     fn file(&mut self, parent: Inode, name: &str) -> Inode {
         self.make(parent, name, FileKind::File, 0o644, &root())
     }
@@ -515,19 +527,25 @@ fn trash_undelete_purge_and_expiry() {
     assert_eq!(restored.inode, f);
     assert_eq!(fs.view().file_chunks(f).unwrap().len(), 1, "data kept");
     assert_eq!(fs.err(OpBody::Undelete { inode: f }), Status::NotFound);
-    // Purge frees at once; expiry frees when the time is up.
+    // Purge takes it out at once, expiry when the time is up; both leave it reserved for the
+    // leader to free (a handle only the leader knows of may be open on it).
     let d = fs.lookup(ROOT, "dir").unwrap().inode;
     fs.ok(remove_op(d, "f", false));
     fs.ok(OpBody::Purge { inode: f });
+    assert_eq!(fs.state(f), Some(InodeState::Reserved));
+    assert_eq!(fs.free(&[f]), 1);
     assert!(fs.view().inode(f).unwrap().is_none());
     assert_eq!(fs.view().counter(COUNT_CHUNKS).unwrap(), 0);
     let g = fs.file(d, "g");
     fs.ok(remove_op(d, "g", false));
     assert_eq!(fs.ok(OpBody::ExpireTrash { limit: 100 }), MetaReply::Freed(0));
+    assert_eq!(fs.free(&[g]), 0, "in the trash: not reserved");
     fs.now += 86_400 + 10;
     assert_eq!(fs.ok(OpBody::ExpireTrash { limit: 100 }), MetaReply::Freed(1));
+    assert_eq!(fs.free(&[g]), 1);
     assert!(fs.view().inode(g).unwrap().is_none());
     assert!(fs.view().trash(b't', None, 10).unwrap().is_empty());
+    assert!(fs.view().trash(b'r', None, 10).unwrap().is_empty());
 }
 
 #[test]
@@ -540,9 +558,12 @@ fn files_deleted_while_open_are_reserved_until_released() {
     fs.ok(remove_op(ROOT, "f", false));
     assert_eq!(fs.view().inode(f).unwrap().unwrap().state, InodeState::Reserved);
     assert_eq!(fs.view().trash(b'r', None, 10).unwrap().len(), 1);
+    assert_eq!(fs.free(&[f]), 0, "open");
     // Still writable through the open handle.
     fs.ok(OpBody::WriteEnd { inode: f, size: 10 });
     fs.ok(OpBody::Release { session: s, inode: f });
+    assert_eq!(fs.state(f), Some(InodeState::Reserved), "freed by the leader only");
+    assert_eq!(fs.free(&[f]), 1);
     assert!(fs.view().inode(f).unwrap().is_none());
     // Handles are counted: two opens by one session need two releases.
     let two = fs.file(ROOT, "two");
@@ -551,13 +572,16 @@ fn files_deleted_while_open_are_reserved_until_released() {
     fs.ok(remove_op(ROOT, "two", false));
     fs.ok(OpBody::Release { session: s, inode: two });
     assert_eq!(fs.view().inode(two).unwrap().unwrap().state, InodeState::Reserved, "one handle still open");
+    assert_eq!(fs.free(&[two]), 0, "one handle still open");
     fs.ok(OpBody::Release { session: s, inode: two });
+    assert_eq!(fs.free(&[two]), 1);
     assert!(fs.view().inode(two).unwrap().is_none());
     // Closing a session releases what it still had open.
     let g = fs.file(ROOT, "g");
     fs.ok(OpBody::Open { session: s, inode: g });
     fs.ok(remove_op(ROOT, "g", false));
     fs.ok(OpBody::CloseSession { session: s });
+    assert_eq!(fs.free(&[g]), 1);
     assert!(fs.view().inode(g).unwrap().is_none());
     assert_eq!(fs.err(OpBody::Open { session: s, inode: ROOT }), Status::Stale);
     // In the trash and open: expiry and purge keep it, reserved, until the handle goes.
@@ -578,13 +602,24 @@ fn files_deleted_while_open_are_reserved_until_released() {
         assert_eq!(fs.view().trash(b'r', None, 10).unwrap().len(), 1, "purge: {purge}");
         fs.ok(OpBody::WriteEnd { inode: k, size: 10 });
         fs.ok(OpBody::Release { session: s, inode: k });
+        assert_eq!(fs.free(&[k]), 1, "purge: {purge}");
         assert!(fs.view().inode(k).unwrap().is_none(), "purge: {purge}");
     }
     fs.ok(OpBody::SetTrashTime { inode: ROOT, trash_time: TrashTime(0), recursive: false, creds: root() });
-    // Without trash and not open: freed at once.
+    // Without trash and not open: reserved until the leader frees it. Free leaves live files,
+    // and anything already gone, alone.
     let h = fs.file(ROOT, "h");
+    let live = fs.file(ROOT, "live");
     fs.ok(remove_op(ROOT, "h", false));
+    assert_eq!(fs.state(h), Some(InodeState::Reserved));
+    assert_eq!(fs.free(&[live, h, h, Inode(999_999)]), 1);
     assert!(fs.view().inode(h).unwrap().is_none());
+    assert_eq!(fs.state(live), Some(InodeState::Live));
+    // Other kinds are freed at once when not open.
+    let sock = fs.ok(create_op(ROOT, "sock", FileKind::Socket, 0o644, &root()));
+    let MetaReply::Attr(sock) = sock else { panic!("{sock:?}") };
+    fs.ok(remove_op(ROOT, "sock", false));
+    assert!(fs.view().inode(sock.inode).unwrap().is_none());
 }
 
 #[test]
@@ -651,10 +686,12 @@ fn a_batch_of_releases_counts_each_handle() {
     }
     // Two of a's three handles, and b's only one.
     fs.ok(OpBody::ReleaseMany { session: s, inodes: vec![a, b, a] });
+    assert_eq!(fs.free(&[a, b, c]), 1, "only b has no handle left");
     assert_eq!(fs.view().inode(a).unwrap().unwrap().state, InodeState::Reserved, "a handle of a is open");
     assert!(fs.view().inode(b).unwrap().is_none());
     assert_eq!(fs.view().inode(c).unwrap().unwrap().state, InodeState::Reserved);
     fs.ok(OpBody::ReleaseMany { session: s, inodes: vec![c, a] });
+    assert_eq!(fs.free(&[a, c]), 2);
     assert!(fs.view().inode(a).unwrap().is_none());
     assert!(fs.view().inode(c).unwrap().is_none());
     assert!(fs.view().trash(b'r', None, 10).unwrap().is_empty());

@@ -286,6 +286,7 @@ async fn register(m: &Arc<Master>, conn: &Conn, r: Register) -> Res {
         },
     };
     m.session_seen(session);
+    m.handles.announce(session, r.handles.into_iter().map(|(h, i)| (h, inward(&info, i))).collect(), m.term());
     tracing::info!(session = %session, client = %conn.peer, path = %info.path, read_only = info.read_only, "session registered");
     let reply = SessionView { session, root: Inode::ROOT, read_only: info.read_only, meta: info.meta };
     *conn.session.lock().expect("session lock") = Some((session, info));
@@ -344,7 +345,11 @@ async fn meta_request(m: &Arc<Master>, req: ClientRequest) -> Res {
             Ok(ClientReply::Trash(entries))
         }
         ClientRequest::Undelete { inode } => m.propose(OpBody::Undelete { inode }).await.map(|_| ClientReply::Done),
-        ClientRequest::Purge { inode } => m.propose(OpBody::Purge { inode }).await.map(|_| ClientReply::Done),
+        ClientRequest::Purge { inode } => {
+            let r = m.propose(OpBody::Purge { inode }).await;
+            m.reap_soon();
+            r.map(|_| ClientReply::Done)
+        }
         ClientRequest::StatFs => statfs(m).await,
         _ => Err(Status::NotSupported.into()),
     }
@@ -472,10 +477,11 @@ async fn request(
             info,
             m.propose_from(origin, OpBody::Link { inode: ino(inode), parent: ino(parent), name, creds }).await?,
         ),
-        R::Unlink { parent, name } => attr_reply(
-            info,
-            m.propose_from(origin, OpBody::Remove { parent: ino(parent), name, dir: false, creds }).await?,
-        ),
+        R::Unlink { parent, name } => {
+            let r = m.propose_from(origin, OpBody::Remove { parent: ino(parent), name, dir: false, creds }).await?;
+            m.reap_soon();
+            attr_reply(info, r)
+        }
         R::Rmdir { parent, name } => attr_reply(
             info,
             m.propose_from(origin, OpBody::Remove { parent: ino(parent), name, dir: true, creds }).await?,
@@ -483,7 +489,9 @@ async fn request(
         R::Rename { parent, name, new_parent, new_name, flags } => {
             let body =
                 OpBody::Rename { parent: ino(parent), name, new_parent: ino(new_parent), new_name, flags, creds };
-            attr_reply(info, m.propose_from(origin, body).await?)
+            let r = m.propose_from(origin, body).await?;
+            m.reap_soon();
+            attr_reply(info, r)
         }
         R::OpenDir { inode } => {
             m.read().await?.opendir_check(ino(inode), &creds)?;
@@ -501,7 +509,7 @@ async fn request(
                 .collect();
             Ok(ClientReply::Entries(out))
         }
-        R::Open { inode, flags } => {
+        R::Open { inode, flags, handle } => {
             let inode = ino(inode);
             let view = m.read().await?;
             let rec = view.open_inode(inode)?;
@@ -518,19 +526,37 @@ async fn request(
                 let set = alces_proto::types::SetAttr { size: Some(0), ..Default::default() };
                 m.propose(OpBody::SetAttr { inode, set, creds: creds.clone(), handle: true }).await?;
             }
-            // Recorded for retries: an open counted twice would keep a deleted file forever.
-            m.propose_from(origin, OpBody::Open { session, inode }).await?;
-            Ok(ClientReply::Attr(outward(info, m.read().await?.getattr(inode)?)))
+            if rec.kind == FileKind::File {
+                // Kept by the leader, under the mount's number (a retry is no second handle).
+                m.handles.open(session, handle, inode, || Ok(m.local_view().inode(inode)?.is_some()))?;
+            } else {
+                // Recorded for retries: an open counted twice would keep a deleted file forever.
+                m.propose_from(origin, OpBody::Open { session, inode }).await?;
+            }
+            // This leader applied everything it committed above.
+            Ok(ClientReply::Attr(outward(info, m.local_view().getattr(inode)?)))
         }
         R::Release { inode } => {
-            m.propose_from(origin, OpBody::Release { session, inode: ino(inode) }).await.map(|_| ClientReply::Done)
+            let r = m.propose_from(origin, OpBody::Release { session, inode: ino(inode) }).await;
+            m.reap_soon();
+            r.map(|_| ClientReply::Done)
         }
         R::ReleaseMany { inodes } => {
             if inodes.len() > MAX_RELEASES {
                 return Err(Status::Invalid.into());
             }
             let inodes = inodes.into_iter().map(ino).collect();
-            m.propose_from(origin, OpBody::ReleaseMany { session, inodes }).await.map(|_| ClientReply::Done)
+            let r = m.propose_from(origin, OpBody::ReleaseMany { session, inodes }).await;
+            m.reap_soon();
+            r.map(|_| ClientReply::Done)
+        }
+        R::ReleaseHandles { handles } => {
+            if handles.len() > MAX_RELEASES {
+                return Err(Status::Invalid.into());
+            }
+            m.handles.release(session, &handles);
+            m.reap_soon();
+            Ok(ClientReply::Done)
         }
         R::GetXattr { inode, name } => Ok(ClientReply::Xattr(m.read().await?.getxattr(ino(inode), &name)?)),
         R::ListXattr { inode } => Ok(ClientReply::XattrNames(m.read().await?.listxattr(ino(inode))?)),

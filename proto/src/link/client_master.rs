@@ -83,6 +83,11 @@ pub struct Register {
     /// the mount's `.masterinfo`. The tool gets a session of its own with the rules of the
     /// mount's (no password asked, as the mount already gave it).
     pub tool_of: Option<SessionId>,
+    /// Reattaching: every handle the mount holds open on a regular file (its handle number
+    /// and the inode), as it told the leader of each at [`ClientRequest::Open`]. The leader
+    /// keeps these in memory only, so a new leader learns them here; it frees no deleted
+    /// file before the sessions it knows have told it theirs (or a while has passed).
+    pub handles: Vec<(u64, Inode)>,
 }
 
 /// The session a client got.
@@ -173,10 +178,15 @@ pub enum ClientRequest {
         limit: u32,
         plus: bool,
     },
-    /// `flags` are the open(2) flags (access mode, O_TRUNC...).
+    /// `flags` are the open(2) flags (access mode, O_TRUNC...). `handle` is the number the
+    /// mount gives the new handle, unique within the session. An open of a regular file is
+    /// held in the leader's memory under that number (a retried open is no second handle)
+    /// and closed with [`ClientRequest::ReleaseHandles`]; an open of anything else is
+    /// recorded through Raft and closed with [`ClientRequest::ReleaseMany`].
     Open {
         inode: Inode,
         flags: u32,
+        handle: u64,
     },
     Release {
         inode: Inode,
@@ -289,6 +299,11 @@ pub enum ClientRequest {
     /// last such request (at most [`MAX_RELEASES`]).
     ReleaseMany {
         inodes: Vec<Inode>,
+    },
+    /// Handles on regular files closed (see [`ClientRequest::Open`]), at most
+    /// [`MAX_RELEASES`]; closing one twice, or one the leader does not know, does nothing.
+    ReleaseHandles {
+        handles: Vec<u64>,
     },
 }
 
