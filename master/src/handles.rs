@@ -139,6 +139,17 @@ impl Handles {
         st.announced.remove(&session);
     }
 
+    /// Drops the handles of sessions that no longer exist (closed while another master led:
+    /// their handles would otherwise keep files for as long as this one runs).
+    pub fn retain_sessions(&self, live: &HashSet<SessionId>) {
+        let mut st = self.lock();
+        let gone: Vec<SessionId> = st.by_session.keys().filter(|s| !live.contains(s)).copied().collect();
+        for s in gone {
+            st.drop_session(s);
+        }
+        st.announced.retain(|s| live.contains(s));
+    }
+
     /// Whether every one of `sessions` told this master its handles during `term`.
     pub fn all_announced(&self, sessions: impl IntoIterator<Item = SessionId>, term: u64) -> bool {
         let st = self.lock();
@@ -173,15 +184,12 @@ impl Handles {
 }
 
 /// When the leader may free files: every session it knows told it its handles in this term,
-/// or it has led for `DELETE_DELAY_INIT`.
+/// or it has led for `DELETE_DELAY_INIT`. Forgets the handles of sessions that are gone.
 fn may_free(m: &Master, leading_since: Instant) -> bool {
-    if leading_since.elapsed() >= m.config.delete_delay_init {
-        return true;
-    }
-    match m.local_view().sessions() {
-        Ok(sessions) => m.handles.all_announced(sessions.into_iter().map(|(id, _)| id), m.term()),
-        Err(_) => false,
-    }
+    let Ok(sessions) = m.local_view().sessions() else { return false };
+    let live: HashSet<SessionId> = sessions.into_iter().map(|(id, _)| id).collect();
+    m.handles.retain_sessions(&live);
+    leading_since.elapsed() >= m.config.delete_delay_init || m.handles.all_announced(live, m.term())
 }
 
 /// Frees the reserved files that no handle, recorded or kept here, is open on. Leader only.
@@ -293,5 +301,18 @@ mod tests {
         assert!(!h.is_open(b) && !h.is_open(c));
         assert!(h.all_announced([S2], 5));
         assert_eq!(h.count(), 0);
+    }
+
+    #[test]
+    fn handles_of_sessions_that_are_gone_are_dropped() {
+        let h = Handles::default();
+        h.open(S1, 1, Inode(1), || Ok(true)).unwrap();
+        h.open(S2, 1, Inode(2), || Ok(true)).unwrap();
+        h.announce(S1, vec![(1, Inode(1))], 3);
+        h.retain_sessions(&HashSet::from([S2]));
+        assert!(!h.is_open(Inode(1)), "S1 was closed elsewhere");
+        assert!(h.is_open(Inode(2)));
+        assert!(!h.all_announced([S1], 3));
+        assert_eq!(h.count(), 1);
     }
 }
