@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::Acks;
-use crate::types::{LogId, Member, NodeId, Raft, TypeConfig};
+use crate::types::{LogId, Member, NodeId, Raft, TypeConfig, Vote};
 
 /// Peer frames carry up to `max_payload_entries` log entries or one snapshot chunk.
 pub const PEER_MAX_FRAME: usize = 64 << 20;
@@ -220,31 +220,60 @@ impl Voting {
 
 /// After refusing a candidate whose log is behind this follower's while no leader has been
 /// heard from for a whole vote-refusal window: that candidate cannot win, and waiting for this
-/// node's own election timeout would add one more timeout to the failover, so it stands now.
-fn stand_after_refusing(raft: &Raft, voting: &Voting, candidate_last: Option<LogId>, resp: &VoteResponse<NodeId>) {
-    let state = raft.metrics().borrow().state;
-    if !should_stand(resp, candidate_last, voting.leader_silent(), state) {
+/// node's own election timeout would add one more timeout to the failover, so it stands now,
+/// at a term that outranks the candidate's (see [`elections_to_outrank`]).
+fn stand_after_refusing(raft: &Raft, voting: &Voting, candidate: (&Vote, Option<LogId>), resp: &VoteResponse<NodeId>) {
+    let (state, me) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        (m.state, m.id)
+    };
+    if !should_stand(resp, candidate.1, voting.leader_silent(), state) {
         return;
     }
+    let (mine, theirs) = (resp.vote.leader_id(), candidate.0.leader_id());
+    let rounds = elections_to_outrank((mine.term, me), (theirs.term, theirs.voted_for().unwrap_or_default()));
     let raft = raft.clone();
     tokio::spawn(async move {
-        tracing::info!("refused a candidate with a shorter log while no leader is heard from: standing for election");
-        if let Err(e) = raft.trigger().elect().await {
-            tracing::debug!(error = %e, "could not stand for election");
+        tracing::info!(
+            rounds,
+            "refused a candidate with a shorter log while no leader is heard from: standing for election"
+        );
+        for _ in 0..rounds {
+            if let Err(e) = raft.trigger().elect().await {
+                return tracing::debug!(error = %e, "could not stand for election");
+            }
         }
     });
 }
 
+/// How many elections in a row a node at term `mine.0` (with id `mine.1`) starts so that its
+/// candidacy outranks a candidate's (term, id): each election takes the next term, and votes
+/// order by term, then by id. Standing only at the candidate's own term with a smaller id
+/// would be refused by that candidate (it voted for itself), while the candidate is refused
+/// by this node for its shorter log: neither gets a majority of three until a timeout.
+fn elections_to_outrank(mine: (u64, NodeId), candidate: (u64, NodeId)) -> u64 {
+    let needed = if mine.1 > candidate.1 { candidate.0 } else { candidate.0 + 1 };
+    needed.saturating_sub(mine.0).clamp(1, 3)
+}
+
 /// Whether a node that answered a candidate (whose last log id is `candidate_last`) with
-/// `resp` should stand itself: only a follower that refused a candidate behind its own log,
-/// with no leader heard from (`leader_silent`). A leader never does: it would depose itself.
+/// `resp` should stand itself: only a follower or a candidate that refused a candidate behind
+/// its own log, with no leader heard from (`leader_silent`). A candidate too: two that stood
+/// at once, the one with the longer log refusing the other's log and the other refusing its
+/// lower rank in their common term, would otherwise wait out a timeout each round, and as
+/// each node's timeout is drawn once, when it starts, they can meet again the next round. A
+/// leader never does: it would depose itself.
 fn should_stand(
     resp: &VoteResponse<NodeId>,
     candidate_last: Option<LogId>,
     leader_silent: bool,
     state: ServerState,
 ) -> bool {
-    !resp.vote_granted && resp.last_log_id > candidate_last && leader_silent && state == ServerState::Follower
+    !resp.vote_granted
+        && resp.last_log_id > candidate_last
+        && leader_silent
+        && matches!(state, ServerState::Follower | ServerState::Candidate)
 }
 
 /// Accepts peer connections until `stop` is cancelled (see [`Voting`] for votes).
@@ -315,10 +344,10 @@ async fn serve_connection(
                 PeerResponse::Failed("started moments ago: not voting until a leader's lease has lapsed".into())
             }
             PeerRequest::Vote(r) => {
-                let candidate_last = r.last_log_id;
+                let candidate = (r.vote, r.last_log_id);
                 let resp = raft.vote(r).await;
                 if let Ok(v) = &resp {
-                    stand_after_refusing(&raft, voting, candidate_last, v);
+                    stand_after_refusing(&raft, voting, (&candidate.0, candidate.1), v);
                 }
                 PeerResponse::Vote(resp)
             }
@@ -339,7 +368,7 @@ async fn serve_connection(
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, Vote};
+    use openraft::CommittedLeaderId;
 
     use super::*;
 
@@ -352,18 +381,31 @@ mod tests {
     }
 
     #[test]
-    fn only_a_follower_that_refused_a_candidate_behind_it_with_no_leader_heard_stands() {
+    fn only_a_voter_that_refused_a_candidate_behind_it_with_no_leader_heard_stands() {
         let (behind, ahead) = (log(2, 10), log(2, 12));
         assert!(should_stand(&answer(false, ahead), behind, true, ServerState::Follower));
+        assert!(should_stand(&answer(false, ahead), behind, true, ServerState::Candidate));
         // A leader still heard from, a granted vote, a candidate as far as this node or
-        // further, or a node that is not a follower: no election.
+        // further, or a leader or learner: no election.
         assert!(!should_stand(&answer(false, ahead), behind, false, ServerState::Follower));
         assert!(!should_stand(&answer(true, ahead), behind, true, ServerState::Follower));
         assert!(!should_stand(&answer(false, ahead), ahead, true, ServerState::Follower));
         assert!(!should_stand(&answer(false, behind), ahead, true, ServerState::Follower));
-        for state in [ServerState::Leader, ServerState::Candidate, ServerState::Learner] {
+        for state in [ServerState::Leader, ServerState::Learner] {
             assert!(!should_stand(&answer(false, ahead), behind, true, state), "{state:?}");
         }
+    }
+
+    #[test]
+    fn a_node_that_stands_outranks_the_candidate_it_refused() {
+        // Leader term 5; candidate 3 stood at 6. Node 1 must reach term 7; node 4 wins at 6.
+        assert_eq!(elections_to_outrank((5, 1), (6, 3)), 2);
+        assert_eq!(elections_to_outrank((5, 4), (6, 3)), 1);
+        // Already at the candidate's term (it voted for itself there): one more.
+        assert_eq!(elections_to_outrank((6, 1), (6, 3)), 1);
+        // Never fewer than one, never a runaway.
+        assert_eq!(elections_to_outrank((9, 1), (6, 3)), 1);
+        assert_eq!(elections_to_outrank((1, 1), (50, 3)), 3);
     }
 
     #[test]
