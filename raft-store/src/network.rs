@@ -60,23 +60,40 @@ impl PeerNetwork {
     }
 
     /// Sends one request to `addr` and returns the answer.
+    ///
+    /// An idle connection the peer closed meanwhile (it restarted) fails at once: the request
+    /// goes again on a new connection, and the other idle ones to `addr`, as old, are
+    /// dropped. Without that, a vote sent to a member that was restarted since it last
+    /// talked to this node failed, and the candidate waited a whole election timeout for the
+    /// next round. Raft requests may be delivered twice.
     pub(crate) async fn call(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Response, CallError> {
         let pooled = self.pools.idle.lock().expect("pool lock").get_mut(addr).and_then(Vec::pop);
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => {
-                let mut c = Connection::connect(addr, PEER_MAX_FRAME, timeout).await.map_err(CallError::Connect)?;
-                self.handshake.dial(&mut c).await.map_err(|e| CallError::Handshake(e.to_string()))?;
-                c
+        if let Some(mut conn) = pooled {
+            match conn.call(req, timeout).await {
+                Ok(resp) => {
+                    self.give_back(addr, conn);
+                    return Ok(resp);
+                }
+                Err(e) if e.is_disconnect() || matches!(e, FrameError::Truncated) => {
+                    tracing::debug!(peer = addr, error = %e, "idle connection closed by the peer; dialing again");
+                    self.pools.idle.lock().expect("pool lock").remove(addr);
+                }
+                Err(e) => return Err(CallError::Io(e)),
             }
-        };
+        }
+        let mut conn = Connection::connect(addr, PEER_MAX_FRAME, timeout).await.map_err(CallError::Connect)?;
+        self.handshake.dial(&mut conn).await.map_err(|e| CallError::Handshake(e.to_string()))?;
         let resp: Response = conn.call(req, timeout).await.map_err(CallError::Io)?;
+        self.give_back(addr, conn);
+        Ok(resp)
+    }
+
+    fn give_back(&self, addr: &str, conn: Connection) {
         let mut pools = self.pools.idle.lock().expect("pool lock");
         let idle = pools.entry(addr.to_string()).or_default();
         if idle.len() < IDLE_PER_TARGET {
             idle.push(conn);
         }
-        Ok(resp)
     }
 
     /// Asks the member at `addr` to start an election now (leadership transfer).
@@ -368,6 +385,7 @@ async fn serve_connection(
 
 #[cfg(test)]
 mod tests {
+    use alces_proto::{LinkKind, Secret};
     use openraft::CommittedLeaderId;
 
     use super::*;
@@ -394,6 +412,65 @@ mod tests {
         for state in [ServerState::Leader, ServerState::Learner] {
             assert!(!should_stand(&answer(false, ahead), behind, true, state), "{state:?}");
         }
+    }
+
+    /// A peer that answers every request with `Failed(tag)`, on `addr` (a free port if None).
+    async fn fake_peer(
+        addr: Option<SocketAddr>,
+        tag: &'static str,
+        secret: &Secret,
+    ) -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let hs = Handshake::new(LinkKind::Peer, "fake", Some(secret.clone()));
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    r = listener.accept() => r.unwrap(),
+                };
+                let (hs, stopped) = (hs.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let mut conn = Connection::new(stream, PEER_MAX_FRAME).unwrap();
+                    hs.accept(&mut conn).await.unwrap();
+                    loop {
+                        tokio::select! {
+                            _ = stopped.cancelled() => return,
+                            r = conn.recv::<Request>() => match r {
+                                Ok(Some(_)) => conn.send(&(PeerResponse::Failed(tag.into()) as Response)).await.unwrap(),
+                                _ => return,
+                            },
+                        }
+                    }
+                });
+            }
+        });
+        (addr, stop)
+    }
+
+    #[tokio::test]
+    async fn a_call_after_the_peer_restarted_goes_on_a_new_connection() {
+        let secret = Secret::new("s");
+        let net = PeerNetwork::new(
+            Handshake::new(LinkKind::Peer, "test", Some(secret.clone())),
+            Arc::new(Acks::new(Duration::from_secs(1))),
+        );
+        let answer = |r: Result<Response, CallError>| match r {
+            Ok(PeerResponse::Failed(tag)) => tag,
+            other => panic!("{other:?}"),
+        };
+        let (addr, first) = fake_peer(None, "first", &secret).await;
+        let a = addr.to_string();
+        let t = Duration::from_secs(2);
+        assert_eq!(answer(net.call(&a, &PeerRequest::TriggerElection, t).await), "first");
+        assert_eq!(answer(net.call(&a, &PeerRequest::TriggerElection, t).await), "first", "the idle connection");
+        // The peer goes away (closing its connections) and comes back on the same address.
+        first.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, _second) = fake_peer(Some(addr), "second", &secret).await;
+        assert_eq!(answer(net.call(&a, &PeerRequest::TriggerElection, t).await), "second");
     }
 
     #[test]
