@@ -446,13 +446,19 @@ impl<M: StateMachine> RaftNode<M> {
         Ok(())
     }
 
-    /// Builds a snapshot now and waits for it.
+    /// Builds a snapshot now and waits until Raft took it in; returns its last log index.
     pub async fn snapshot(&self) -> Result<u64> {
-        let before = self.sm_stats.snapshots_built.load(Ordering::Relaxed);
+        let before = self.sm_stats.snapshots_built.load(Ordering::SeqCst);
         self.raft.trigger().snapshot().await.map_err(|e| Error::Stopped(e.to_string()))?;
         let mut rx = self.raft.metrics();
+        // The builder counts a snapshot before Raft's metrics show it: wait for both.
+        let taken_in = |rx: &tokio::sync::watch::Receiver<RaftMetrics>| {
+            let built = self.sm_stats.snapshots_built.load(Ordering::SeqCst) != before;
+            let index = self.sm_stats.last_built_index.load(Ordering::SeqCst);
+            built && rx.borrow().snapshot.is_some_and(|l| l.index >= index)
+        };
         tokio::time::timeout(Duration::from_secs(600), async {
-            while self.sm_stats.snapshots_built.load(Ordering::Relaxed) == before {
+            while !taken_in(&rx) {
                 if rx.changed().await.is_err() {
                     break;
                 }
@@ -460,7 +466,7 @@ impl<M: StateMachine> RaftNode<M> {
         })
         .await
         .map_err(|_| Error::Unavailable("snapshot did not finish".into()))?;
-        Ok(self.metrics().snapshot.map(|l| l.index).unwrap_or(0))
+        Ok(self.sm_stats.last_built_index.load(Ordering::SeqCst))
     }
 
     /// Stops Raft and the peer listener.

@@ -33,6 +33,8 @@ pub struct SmStats {
     /// Entries applied since this process started (replays included).
     pub applied_since_start: AtomicU64,
     pub snapshots_built: AtomicU64,
+    /// The last log index of the snapshot built last (set before `snapshots_built` moves).
+    pub last_built_index: AtomicU64,
     pub snapshots_installed: AtomicU64,
 }
 
@@ -302,7 +304,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 self.shared.dir.remove_others(&path).map_err(snap_err)?;
             }
         }
-        self.shared.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.shared.stats.last_built_index.store(index, Ordering::SeqCst);
+        self.shared.stats.snapshots_built.fetch_add(1, Ordering::SeqCst);
         let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(e.into()))?;
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
