@@ -11,15 +11,14 @@
 //! per hop (300 small files, 303 connections), which also leaves a socket in TIME_WAIT for a
 //! minute each: at a few hundred small files a second, enough to run out of local ports.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, WritePiece, MAX_READ};
 use alces_proto::link::cs_cs::{forward_parts, write_piece, PeerDataReply, PeerDataRequest};
 use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, ChunkserverId};
-use alces_proto::{codec, Connection, FrameError, Handshake, LinkKind, Secret};
+use alces_proto::{codec, Connection, FrameError, Handshake, IdlePool, LinkKind, Secret};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -53,7 +52,7 @@ fn wrap(peer: bool, r: DataReply) -> Out {
 pub struct DataConfig {
     pub id: ChunkserverId,
     pub secret: Secret,
-    peers: Arc<Mutex<HashMap<String, Vec<Connection>>>>,
+    peers: Arc<IdlePool>,
 }
 
 /// Idle connections kept per next server: a chained write takes one instead of connecting
@@ -62,19 +61,7 @@ const IDLE_PEER_CONNECTIONS: usize = 4;
 
 impl DataConfig {
     pub fn new(id: ChunkserverId, secret: Secret) -> DataConfig {
-        DataConfig { id, secret, peers: Arc::default() }
-    }
-
-    fn idle_peer(&self, addr: &str) -> Option<Connection> {
-        self.peers.lock().expect("peer pool lock").get_mut(addr).and_then(Vec::pop)
-    }
-
-    fn give_back_peer(&self, addr: &str, conn: Connection) {
-        let mut peers = self.peers.lock().expect("peer pool lock");
-        let idle = peers.entry(addr.to_string()).or_default();
-        if idle.len() < IDLE_PEER_CONNECTIONS {
-            idle.push(conn);
-        }
+        DataConfig { id, secret, peers: Arc::new(IdlePool::new(IDLE_PEER_CONNECTIONS)) }
     }
 }
 
@@ -233,7 +220,7 @@ impl Downstream {
     async fn give_back(self, cfg: &DataConfig) {
         let Ok(Some(reader)) = self.replies.await else { return };
         if let Some(conn) = Connection::rejoin(reader, self.writer) {
-            cfg.give_back_peer(&self.addr, conn);
+            cfg.peers.give_back(&self.addr, conn);
         }
     }
 
@@ -283,7 +270,7 @@ async fn open_downstream(
     // An idle connection first; one the next server closed meanwhile (it restarted) fails at
     // once, and a new one is made.
     let mut answer = None;
-    if let Some(mut conn) = cfg.idle_peer(&next.addr) {
+    if let Some(mut conn) = cfg.peers.take(&next.addr) {
         if let Ok(reply) = conn.call::<_, PeerDataReply>(&start, Duration::from_secs(5)).await {
             answer = Some((conn, Ok(reply)));
         }

@@ -178,7 +178,8 @@ impl Handles {
         self.lock().by_session.values().map(|m| m.len()).sum()
     }
 
-    pub fn is_open(&self, inode: Inode) -> bool {
+    #[cfg(test)]
+    fn is_open(&self, inode: Inode) -> bool {
         self.lock().by_inode.contains_key(&inode)
     }
 }

@@ -33,7 +33,7 @@ pub struct Master {
     /// Leader only: handles open on regular files (see `handles.rs`).
     pub handles: crate::handles::Handles,
     /// Wakes the leader's freeing of deleted files (a file may have become free).
-    reap_soon: tokio::sync::Notify,
+    reap_wake: tokio::sync::Notify,
     pub replication: crate::replication::ReplicationStats,
     exports: RwLock<Arc<Exports>>,
     /// Leader only: when each session was last active, for expiry.
@@ -95,7 +95,7 @@ impl Master {
             topology: Arc::default(),
             leases: Leases::default(),
             handles: Default::default(),
-            reap_soon: tokio::sync::Notify::new(),
+            reap_wake: tokio::sync::Notify::new(),
             replication: Default::default(),
             exports: RwLock::new(Arc::new(exports)),
             sessions_seen: Mutex::default(),
@@ -192,7 +192,7 @@ impl Master {
 
     /// A deleted file may have lost its last handle: have the leader look soon.
     pub fn reap_soon(&self) {
-        self.reap_soon.notify_one();
+        self.reap_wake.notify_one();
     }
 
     /// Stops the services and the Raft node.
@@ -258,7 +258,7 @@ async fn reaper(m: Arc<Master>) {
         tokio::select! {
             _ = m.stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = m.reap_soon.notified() => {}
+            _ = m.reap_wake.notified() => {}
         }
         if !m.is_leader() {
             leading = None;

@@ -292,8 +292,6 @@ impl Topology {
         (g.chunks.len(), g.chunks.values().map(Vec::len).sum())
     }
 
-    /// Chooses `n` connected servers for new replicas, never one in `exclude`: most free
-    /// space first, spreading over labels when servers have them.
     /// Whether chunkservers are connected, have all sent their chunk lists, and none has
     /// space left: a new chunk fails with ENOSPC rather than waiting for a server that is
     /// merely not connected yet (after a failover, or at start).
@@ -303,6 +301,8 @@ impl Topology {
         connected.peek().is_some() && connected.all(|s| s.reported && s.load.avail_bytes == 0)
     }
 
+    /// Chooses `n` connected servers for new replicas, never one in `exclude`: most free
+    /// space first, spreading over labels when servers have them.
     pub fn place(&self, n: usize, exclude: &[ChunkserverId]) -> Vec<ChunkLocation> {
         let g = self.lock();
         let mut candidates: Vec<(&ChunkserverId, &Server)> = g

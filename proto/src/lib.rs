@@ -16,12 +16,14 @@ pub mod codec;
 pub mod frame;
 pub mod handshake;
 pub mod link;
+pub mod pool;
 pub mod status;
 pub mod types;
 
 pub use codec::{decode, encode, DecodeError};
 pub use frame::{Connection, FrameError, FrameReader, FrameWriter, DEFAULT_MAX_FRAME};
 pub use handshake::{password_key, password_proof, Handshake, HandshakeError, LinkKind, Secret, PROTOCOL_VERSION};
+pub use pool::IdlePool;
 pub use status::Status;
 
 /// Decodes `payload` as every message type of every link and drops the results: the fuzz

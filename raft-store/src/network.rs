@@ -6,13 +6,12 @@
 //! must prove the cluster secret before any request is read; a bad frame closes that
 //! connection with a logged error and nothing else.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alces_proto::link::peer::{PeerRequest, PeerResponse};
-use alces_proto::{Connection, FrameError, Handshake};
+use alces_proto::{Connection, FrameError, Handshake, IdlePool};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -40,23 +39,18 @@ pub(crate) type Response = PeerResponse<
     Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
 >;
 
-/// Idle authenticated connections, per target address.
-#[derive(Default)]
-struct Pools {
-    idle: Mutex<HashMap<String, Vec<Connection>>>,
-}
-
 /// Creates a [`PeerClient`] per target; shared by every replication stream of a node.
 #[derive(Clone)]
 pub struct PeerNetwork {
     handshake: Handshake,
-    pools: Arc<Pools>,
+    /// Idle authenticated connections, per target address.
+    pool: Arc<IdlePool>,
     acks: Arc<Acks>,
 }
 
 impl PeerNetwork {
     pub(crate) fn new(handshake: Handshake, acks: Arc<Acks>) -> Self {
-        PeerNetwork { handshake, pools: Arc::default(), acks }
+        PeerNetwork { handshake, pool: Arc::new(IdlePool::new(IDLE_PER_TARGET)), acks }
     }
 
     /// Sends one request to `addr` and returns the answer.
@@ -67,16 +61,15 @@ impl PeerNetwork {
     /// talked to this node failed, and the candidate waited a whole election timeout for the
     /// next round. Raft requests may be delivered twice.
     pub(crate) async fn call(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Response, CallError> {
-        let pooled = self.pools.idle.lock().expect("pool lock").get_mut(addr).and_then(Vec::pop);
-        if let Some(mut conn) = pooled {
+        if let Some(mut conn) = self.pool.take(addr) {
             match conn.call(req, timeout).await {
                 Ok(resp) => {
-                    self.give_back(addr, conn);
+                    self.pool.give_back(addr, conn);
                     return Ok(resp);
                 }
                 Err(e) if e.is_disconnect() || matches!(e, FrameError::Truncated) => {
                     tracing::debug!(peer = addr, error = %e, "idle connection closed by the peer; dialing again");
-                    self.pools.idle.lock().expect("pool lock").remove(addr);
+                    self.pool.forget(addr);
                 }
                 Err(e) => return Err(CallError::Io(e)),
             }
@@ -84,16 +77,8 @@ impl PeerNetwork {
         let mut conn = Connection::connect(addr, PEER_MAX_FRAME, timeout).await.map_err(CallError::Connect)?;
         self.handshake.dial(&mut conn).await.map_err(|e| CallError::Handshake(e.to_string()))?;
         let resp: Response = conn.call(req, timeout).await.map_err(CallError::Io)?;
-        self.give_back(addr, conn);
+        self.pool.give_back(addr, conn);
         Ok(resp)
-    }
-
-    fn give_back(&self, addr: &str, conn: Connection) {
-        let mut pools = self.pools.idle.lock().expect("pool lock");
-        let idle = pools.entry(addr.to_string()).or_default();
-        if idle.len() < IDLE_PER_TARGET {
-            idle.push(conn);
-        }
     }
 
     /// Asks the member at `addr` to start an election now (leadership transfer).
