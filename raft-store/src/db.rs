@@ -179,6 +179,14 @@ impl Db {
         Ok(self.inner.write_opt(batch, &wo)?)
     }
 
+    /// Makes every write so far durable (syncs the write-ahead log).
+    pub fn sync_wal(&self) -> Result<()> {
+        if self.unsafe_no_wal {
+            return Ok(());
+        }
+        Ok(self.inner.flush_wal(true)?)
+    }
+
     /// Deletes every key of a column family (used before a snapshot is loaded).
     pub fn clear_cf(&self, batch: &mut WriteBatch, name: &str) -> Result<()> {
         let cf = self.cf(name)?;

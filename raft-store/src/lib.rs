@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod db;
+mod durable;
 pub mod error;
 pub mod kv;
 mod lease;

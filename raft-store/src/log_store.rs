@@ -1,11 +1,11 @@
 //! The Raft log on RocksDB.
 //!
-//! `append` writes the entries and syncs the write-ahead log before it reports them persisted
-//! (so before they can be acknowledged to a leader or counted for commit). openraft 0.9 waits
-//! for each append to be persisted before it starts the next one, so nothing would share a
-//! sync handed to another thread: the sync is done in place, which saves two thread wake-ups
-//! per append. Concurrent proposals still share syncs, because the proposer packs them into
-//! one entry (see `propose`).
+//! An append from another leader (this node follows) writes the entries and syncs the
+//! write-ahead log before it reports them persisted, so before this node acknowledges them to
+//! the leader. The leader's own entries are reported as soon as they are written and synced by
+//! a blocking task meanwhile, which lets openraft send them to the followers without waiting
+//! for the leader's fsync; [`crate::durable`] explains what keeps that safe. Concurrent
+//! proposals share syncs, because the proposer packs them into one entry (see `propose`).
 
 // openraft's StorageError is large; it is what the trait methods must return anyway.
 #![allow(clippy::result_large_err)]
@@ -20,6 +20,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, S
 use rocksdb::WriteBatch;
 
 use crate::db::{decode_value, encode_value, Db, CF_LOG, CF_RAFT_STATE};
+use crate::durable::Durability;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -50,19 +51,44 @@ pub struct LogStats {
 pub struct LogStore {
     db: Arc<Db>,
     stats: Arc<LogStats>,
+    durability: Arc<Durability>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+fn last_entry_id(db: &Db) -> crate::Result<Option<LogId>> {
+    let mut it = db.raw().raw_iterator_cf(db.cf(CF_LOG)?);
+    it.seek_to_last();
+    match it.value() {
+        Some(v) => Ok(Some(decode_value::<Entry>(v)?.log_id)),
+        None => {
+            it.status()?;
+            Ok(None)
+        }
+    }
+}
+
 impl LogStore {
-    pub fn new(db: Arc<Db>) -> Self {
-        LogStore { db, stats: Arc::new(LogStats::default()) }
+    /// The log of node `me`; everything already written to it is synced first.
+    pub fn open(me: NodeId, db: Arc<Db>) -> crate::Result<Self> {
+        let vote = db.get_value::<Vote>(CF_RAFT_STATE, KEY_VOTE)?;
+        let last = match last_entry_id(&db)? {
+            Some(l) => Some(l),
+            None => db.get_value::<LogId>(CF_RAFT_STATE, KEY_PURGED)?,
+        };
+        let stats = Arc::new(LogStats::default());
+        let durability = Durability::open(me, db.clone(), last, vote, stats.clone())?;
+        Ok(LogStore { db, stats, durability })
     }
 
     pub fn stats(&self) -> Arc<LogStats> {
         self.stats.clone()
+    }
+
+    pub(crate) fn durability(&self) -> Arc<Durability> {
+        self.durability.clone()
     }
 
     fn get_state<T: serde::de::DeserializeOwned>(
@@ -87,17 +113,7 @@ impl LogStore {
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
-        let read_err = |e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e);
-        let cf = self.db.cf(CF_LOG).map_err(read_err)?;
-        let mut it = self.db.raw().raw_iterator_cf(cf);
-        it.seek_to_last();
-        match it.value() {
-            Some(v) => Ok(Some(decode_value::<Entry>(v).map_err(read_err)?.log_id)),
-            None => {
-                it.status().map_err(|e| read_err(e.into()))?;
-                Ok(None)
-            }
-        }
+        last_entry_id(&self.db).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
 
     /// Deletes log entries with index in `[from, to)` (a range delete, then a synced WAL).
@@ -108,7 +124,15 @@ impl LogStore {
         if let Some((k, v)) = extra {
             batch.put_cf(self.db.cf(CF_RAFT_STATE).map_err(write_err)?, k, v);
         }
-        self.db.write(batch, true).map_err(write_err)
+        self.db.write(batch, true).map_err(write_err)?;
+        // Synced: everything written is durable; the log may have lost its tail.
+        let last = self.last_entry_id()?;
+        let last = match last {
+            Some(l) => Some(l),
+            None => self.get_state(KEY_PURGED, ErrorSubject::Logs)?,
+        };
+        self.durability.reset(last);
+        Ok(())
     }
 }
 
@@ -164,7 +188,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         // A vote must be on disk before this node acts on it (grants it, or campaigns).
-        self.put_state(KEY_VOTE, vote, true, ErrorSubject::Vote)
+        self.put_state(KEY_VOTE, vote, true, ErrorSubject::Vote)?;
+        self.durability.vote_saved(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -192,16 +218,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = self.db.cf(CF_LOG).map_err(write_err)?;
         let mut batch = WriteBatch::default();
         let mut n = 0;
+        let mut last: Option<LogId> = None;
+        let mut own = true;
         for entry in entries {
             batch.put_cf(cf, index_key(entry.log_id.index), encode_value(&entry));
+            own &= self.durability.is_own(&entry.log_id.leader_id);
+            last = Some(entry.log_id);
             n += 1;
         }
-        // A synced write: the entries are durable when it returns. It blocks this task for an
-        // fsync, which openraft's core would wait for anyway.
-        self.db.write(batch, true).map_err(write_err)?;
+        let Some(last) = last else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
         self.stats.appends.fetch_add(1, Ordering::Relaxed);
         self.stats.entries.fetch_add(n, Ordering::Relaxed);
-        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if own {
+            // This leader's own entries: reported written, synced meanwhile (see `durable`).
+            self.db.write(batch, false).map_err(write_err)?;
+            self.durability.written(last);
+        } else {
+            // A synced write: the entries are durable when it returns. It blocks this task for
+            // an fsync, which openraft's core would wait for anyway.
+            self.db.write(batch, true).map_err(write_err)?;
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.durability.synced(last);
+        }
         callback.log_io_completed(Ok(()));
         Ok(())
     }

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::durable::Durability;
 use crate::lease::Acks;
 use crate::types::{LogId, Member, NodeId, Raft, TypeConfig, Vote};
 
@@ -46,11 +47,13 @@ pub struct PeerNetwork {
     /// Idle authenticated connections, per target address.
     pool: Arc<IdlePool>,
     acks: Arc<Acks>,
+    /// This node's log on disk: a leader tells no commit beyond it.
+    durability: Arc<Durability>,
 }
 
 impl PeerNetwork {
-    pub(crate) fn new(handshake: Handshake, acks: Arc<Acks>) -> Self {
-        PeerNetwork { handshake, pool: Arc::new(IdlePool::new(IDLE_PER_TARGET)), acks }
+    pub(crate) fn new(handshake: Handshake, acks: Arc<Acks>, durability: Arc<Durability>) -> Self {
+        PeerNetwork { handshake, pool: Arc::new(IdlePool::new(IDLE_PER_TARGET)), acks, durability }
     }
 
     /// Sends one request to `addr` and returns the answer.
@@ -148,10 +151,12 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let (term, sent) = (rpc.vote.leader_id.term, Instant::now());
+        // Followers apply nothing this leader has not synced (see `durable`).
+        rpc.leader_commit = self.net.durability.clamp_commit(rpc.leader_commit);
         let resp = match self.rpc(PeerRequest::AppendEntries(rpc), &option).await? {
             PeerResponse::AppendEntries(r) => r.map_err(|e| self.remote(e))?,
             other => return Err(self.unexpected(other)),
@@ -438,9 +443,11 @@ mod tests {
     #[tokio::test]
     async fn a_call_after_the_peer_restarted_goes_on_a_new_connection() {
         let secret = Secret::new("s");
+        let dir = tempfile::tempdir().unwrap();
         let net = PeerNetwork::new(
             Handshake::new(LinkKind::Peer, "test", Some(secret.clone())),
             Arc::new(Acks::new(Duration::from_secs(1))),
+            Durability::open_in(dir.path()),
         );
         let answer = |r: Result<Response, CallError>| match r {
             Ok(PeerResponse::Failed(tag)) => tag,

@@ -154,10 +154,11 @@ impl<M: StateMachine> RaftNode<M> {
         let raft_config = Arc::new(config.raft_config()?);
         std::fs::create_dir_all(&config.data_dir)?;
         let db = Db::open_with(&config.data_dir.join("db"), machine.column_families(), config.unsafe_no_wal)?;
-        let log = LogStore::new(db.clone());
+        let log = LogStore::open(config.id, db.clone())?;
+        let durability = log.durability();
         let dir = SnapshotDir::open(config.data_dir.join("snapshots"))?;
         let erased: Arc<dyn crate::machine::ErasedMachine> = machine.clone();
-        let sm = SmStore::open(db.clone(), erased, dir)?;
+        let sm = SmStore::open(db.clone(), erased, dir, durability.clone())?;
         let (log_stats, sm_stats) = (log.stats(), sm.stats());
         let name = format!("master {}", config.id);
         let handshake = Handshake::new(LinkKind::Peer, name, Some(config.secret.clone()));
@@ -165,7 +166,7 @@ impl<M: StateMachine> RaftNode<M> {
         // its lease; the other half absorbs scheduling delays and clock rate differences.
         let lease = Duration::from_millis(config.election_timeout_max_ms / 2);
         let acks = Arc::new(Acks::new(lease));
-        let network = PeerNetwork::new(handshake.clone(), acks.clone());
+        let network = PeerNetwork::new(handshake.clone(), acks.clone(), durability);
         let voting = network::Voting::new(Duration::from_millis(config.election_timeout_max_ms));
         let listener = TcpListener::bind(config.listen).await?;
         let raft = Raft::new(config.id, raft_config, network.clone(), log, sm)

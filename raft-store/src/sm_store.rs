@@ -15,6 +15,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshot
 use rocksdb::{ReadOptions, WriteBatch};
 
 use crate::db::{decode_value, encode_value, Db, CF_SM_META};
+use crate::durable::Durability;
 use crate::error::{Error, Result};
 use crate::log_store::storage_error;
 use crate::machine::{overlay_into_batch, ApplyCtx, ErasedMachine, Overlay};
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
 
 pub struct SmStore {
     shared: Arc<Shared>,
+    /// This node's log on disk: nothing is applied before it is durable here.
+    durability: Arc<Durability>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     /// The file a snapshot stream is being written to.
@@ -106,7 +109,12 @@ fn load_snapshot(db: &Db, path: &Path) -> Result<SnapshotMeta> {
 
 impl SmStore {
     /// Opens the state machine over `db`, finishing a snapshot load that a crash interrupted.
-    pub(crate) fn open(db: Arc<Db>, machine: Arc<dyn ErasedMachine>, dir: SnapshotDir) -> Result<Self> {
+    pub(crate) fn open(
+        db: Arc<Db>,
+        machine: Arc<dyn ErasedMachine>,
+        dir: SnapshotDir,
+        durability: Arc<Durability>,
+    ) -> Result<Self> {
         if let Some(path) = db.get(CF_SM_META, KEY_INSTALLING)? {
             let path = PathBuf::from(String::from_utf8_lossy(&path).into_owned());
             tracing::warn!(file = %path.display(), "finishing a snapshot load interrupted by a restart");
@@ -117,7 +125,7 @@ impl SmStore {
         machine.restored(&db)?;
         tracing::info!(last_applied = ?last_applied, snapshot = ?current.as_ref().map(|c| &c.1), "state machine opened");
         let shared = Arc::new(Shared { db, machine, dir, current: Mutex::new(current), stats: Arc::default() });
-        Ok(SmStore { shared, last_applied, membership, receiving: None })
+        Ok(SmStore { shared, durability, last_applied, membership, receiving: None })
     }
 
     pub(crate) fn stats(&self) -> Arc<SmStats> {
@@ -167,8 +175,13 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries = entries.into_iter();
-        let mut replies = Vec::with_capacity(entries.size_hint().0);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            // A leader's own entries may be committed before its copy is synced (see
+            // `durable`): applying one is answering a client, so it waits for that sync.
+            self.durability.wait_durable(last.log_id.index).await;
+        }
+        let mut replies = Vec::with_capacity(entries.len());
         for entry in entries {
             let log_id = entry.log_id;
             let reply =
