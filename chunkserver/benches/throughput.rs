@@ -225,7 +225,7 @@ async fn create_file(master: &MasterClient, file: &str, goal: u8) -> Result<Inod
         open: true,
     };
     let inode = match master.call(&Creds::root(), req).await? {
-        ClientReply::Attr(a) => a.inode,
+        ClientReply::Changed { attr: Some(a), .. } => a.inode,
         other => bail!("create: unexpected {other:?}"),
     };
     let goal = Goal::new(goal).map_err(|s| anyhow!("goal: {s:?}"))?;

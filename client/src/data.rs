@@ -8,6 +8,7 @@
 //! length. A failed chain is retried with a fresh lease.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ const CHAIN_REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 const ATTEMPTS: usize = 8;
 
 #[derive(Debug, Clone)]
-struct Located {
+pub(crate) struct Located {
     file_size: u64,
     chunk: Option<(ChunkId, ChunkVersion)>,
     locations: Vec<ChunkLocation>,
@@ -45,6 +46,8 @@ pub struct DataPath {
     master: MasterClient,
     idle: Mutex<HashMap<String, Vec<Connection>>>,
     located: Mutex<HashMap<(Inode, u32), Located>>,
+    /// Counts invalidations: locations asked for before one are not kept after it.
+    invalidations: AtomicU64,
 }
 
 fn status(e: CallError) -> Status {
@@ -57,7 +60,7 @@ fn status(e: CallError) -> Status {
 
 impl DataPath {
     pub fn new(master: MasterClient) -> Self {
-        DataPath { master, idle: Mutex::default(), located: Mutex::default() }
+        DataPath { master, idle: Mutex::default(), located: Mutex::default(), invalidations: AtomicU64::new(0) }
     }
 
     async fn connect(&self, addr: &str) -> Result<Connection, String> {
@@ -81,7 +84,33 @@ impl DataPath {
 
     /// Forgets what is cached about a file (after a write, a truncate, an error).
     pub fn invalidate(&self, inode: Inode) {
-        self.located.lock().expect("location lock").retain(|(i, _), _| *i != inode);
+        let mut located = self.located.lock().expect("location lock");
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        located.retain(|(i, _), _| *i != inode);
+    }
+
+    /// To pass to [`DataPath::located`] with what the master answers to a request sent after.
+    pub fn asked(&self) -> u64 {
+        self.invalidations.load(Ordering::Relaxed)
+    }
+
+    /// Keeps where slot `index` of a file is, as the master answered to a request sent at
+    /// `asked` ([`DataPath::asked`]), unless something was invalidated since.
+    pub(crate) fn located(
+        &self,
+        asked: u64,
+        inode: Inode,
+        index: u32,
+        file_size: u64,
+        chunk: Option<(ChunkId, ChunkVersion)>,
+        locations: Vec<ChunkLocation>,
+    ) -> Located {
+        let l = Located { file_size, chunk, locations, at: Instant::now() };
+        let mut located = self.located.lock().expect("location lock");
+        if self.invalidations.load(Ordering::Relaxed) == asked {
+            located.insert((inode, index), l.clone());
+        }
+        l
     }
 
     async fn locate(&self, inode: Inode, index: u32, fresh: bool) -> Result<Located, Status> {
@@ -92,12 +121,11 @@ impl DataPath {
                 }
             }
         }
+        let asked = self.asked();
         let reply =
             self.master.call(&Creds::root(), ClientRequest::ReadChunk { inode, index }).await.map_err(status)?;
         let ClientReply::ChunkLocations { file_size, chunk, locations } = reply else { return Err(Status::Io) };
-        let l = Located { file_size, chunk, locations, at: Instant::now() };
-        self.located.lock().expect("location lock").insert((inode, index), l.clone());
-        Ok(l)
+        Ok(self.located(asked, inode, index, file_size, chunk, locations))
     }
 
     /// Reads up to `len` bytes at `offset` as stored (not beyond the file size the master

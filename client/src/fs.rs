@@ -218,12 +218,16 @@ struct Inner {
     no_xattr: Mutex<HashMap<(Inode, Vec<u8>), Instant>>,
     /// Emptied write buffers for the next writes (see [`crate::spare`]).
     spare: Arc<Spare>,
+    /// Folders' attributes returned by changes in them (see [`Inner::fresh_dir`]).
+    fresh_dirs: Mutex<HashMap<Inode, (Attr, Instant)>>,
 }
 
 /// The attribute the kernel asks for before every write to a file.
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
 /// Entries of the missing-xattr cache above which expired ones are dropped.
 const NO_XATTR_ENTRIES: usize = 1 << 16;
+/// Folders with attributes kept from changes above which expired ones are dropped.
+const FRESH_DIRS: usize = 1 << 12;
 
 impl Inner {
     /// Whether the master said, less than `attr_ttl` ago, that the file has no attribute
@@ -427,7 +431,37 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 
 impl Inner {
     async fn call(&self, creds: &Creds, req: ClientRequest) -> Result<ClientReply, Errno> {
-        self.master.call(creds, req).await.map_err(call_errno)
+        match self.master.call(creds, req).await.map_err(call_errno)? {
+            ClientReply::Changed { attr, dirs } => {
+                self.changed_dirs(dirs);
+                Ok(attr.map_or(ClientReply::Done, ClientReply::Attr))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Keeps the attributes of folders a change returned, for the kernel's next question.
+    /// Of two answers about one folder the later change's is kept (replies of concurrent
+    /// changes may arrive in any order).
+    fn changed_dirs(&self, dirs: Vec<Attr>) {
+        let now = Instant::now();
+        let mut fresh = self.fresh_dirs.lock().expect("fresh dirs lock");
+        if fresh.len() > FRESH_DIRS {
+            fresh.retain(|_, (_, at)| now.duration_since(*at) < self.opts.attr_ttl);
+        }
+        for a in dirs {
+            let newer = fresh.get(&a.inode).is_none_or(|(old, _)| (a.ctime, a.mtime) >= (old.ctime, old.mtime));
+            if newer {
+                fresh.insert(a.inode, (a, now));
+            }
+        }
+    }
+
+    /// A folder's attributes as a change in it returned them less than `attr_ttl` ago, once:
+    /// the kernel dropped its copy because of that change and asks again before the next one.
+    fn fresh_dir(&self, inode: Inode) -> Option<Attr> {
+        let (a, at) = self.fresh_dirs.lock().expect("fresh dirs lock").remove(&inode)?;
+        (at.elapsed() < self.opts.attr_ttl).then_some(a)
     }
 
     async fn attr_call(&self, creds: &Creds, req: ClientRequest) -> Result<Attr, Errno> {
@@ -728,6 +762,7 @@ impl AlcesFs {
                 next_fh: AtomicU64::new(1),
                 releases,
                 no_xattr: Mutex::default(),
+                fresh_dirs: Mutex::default(),
                 spare,
             }),
         }
@@ -785,6 +820,9 @@ impl Filesystem for AlcesFs {
         let ttl = self.inner.opts.attr_ttl;
         if ino.0 == MASTERINFO_INODE {
             return reply.attr(&ttl, &masterinfo_attr(self.inner.opts.masterinfo.len()));
+        }
+        if let Some(a) = self.inner.fresh_dir(Inode(ino.0)) {
+            return reply.attr(&ttl, &fuse_attr(&a));
         }
         let creds = creds(req);
         self.spawn(move |fs| async move {
@@ -942,7 +980,17 @@ impl Filesystem for AlcesFs {
             let fh = fs.next_fh.fetch_add(1, Ordering::Relaxed);
             let held = fs.master.held_handles().clone();
             held.lock().expect("held handles lock").insert(fh, inode);
-            match fs.attr_call(&creds, ClientRequest::Open { inode, flags: flags.0 as u32, handle: fh }).await {
+            let asked = fs.data.asked();
+            let opened = match fs.call(&creds, ClientRequest::Open { inode, flags: flags.0 as u32, handle: fh }).await {
+                Ok(ClientReply::Attr(a)) => Ok(a),
+                Ok(ClientReply::Opened { attr, chunk, locations }) => {
+                    fs.data.located(asked, inode, 0, attr.size, chunk, locations);
+                    Ok(attr)
+                }
+                Ok(_) => Err(Errno::EIO),
+                Err(e) => Err(e),
+            };
+            match opened {
                 Ok(a) => {
                     // The leader keeps opens of regular files; it recorded any other.
                     let kept = a.kind == FileKind::File;

@@ -119,6 +119,51 @@ fn basic_file_operations(mnt: &Path) -> Result<()> {
 
 /// 200 MiB written in 1 MiB pieces (crossing four chunk boundaries), read back whole and
 /// around each boundary.
+/// Requests of kind `op` that all masters answered so far (from their `/metrics`).
+fn requests_answered(cluster: &Cluster, op: &str) -> Result<u64> {
+    let key = format!("alces_master_request_seconds_count{{op=\"{op}\"}} ");
+    let mut total = 0;
+    for m in &cluster.file.masters {
+        let mut s = std::net::TcpStream::connect(&m.admin_addr)?;
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", m.admin_addr)?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        ensure!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "metrics: {text:.200}");
+        total += text.lines().find_map(|l| l.strip_prefix(&key)).map_or(Ok(0), |v| v.trim().parse::<u64>())?;
+    }
+    Ok(total)
+}
+
+/// Round trips the mount saves: a change in a folder returns the folder's new attributes,
+/// which answer the kernel's question about the folder before the next change; an open for
+/// reading returns where the file's first chunk is, which its first read needs.
+fn round_trips_saved(cluster: &Cluster, mnt: &Path) -> Result<()> {
+    let d = mnt.join("round-trips");
+    fs::create_dir(&d)?;
+    let before = requests_answered(cluster, "get_attr")?;
+    for i in 0..50 {
+        fs::File::create(d.join(format!("e{i}")))?;
+    }
+    for i in 0..50 {
+        fs::remove_file(d.join(format!("e{i}")))?;
+    }
+    let asked = requests_answered(cluster, "get_attr")? - before;
+    ensure!(asked < 20, "{asked} attribute requests for 100 changes in one folder");
+
+    for i in 0..20 {
+        fs::write(d.join(format!("s{i}")), format!("small file {i}"))?;
+    }
+    // Reads come to the mount, not from the kernel's cache.
+    fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the kernel's caches")?;
+    let before = requests_answered(cluster, "read_chunk")?;
+    for i in 0..20 {
+        ensure!(fs::read_to_string(d.join(format!("s{i}")))? == format!("small file {i}"), "content of s{i}");
+    }
+    let asked = requests_answered(cluster, "read_chunk")? - before;
+    ensure!(asked == 0, "{asked} chunk lookups for reading 20 files just opened");
+    Ok(())
+}
+
 fn big_file(mnt: &Path) -> Result<()> {
     let path = mnt.join("big");
     let piece = |i: u64| pseudo_random_bytes(i + 1, 1 << 20);
@@ -246,6 +291,7 @@ fn a_mount_does_files_tools_trash_snapshots_and_posix() -> Result<()> {
     df_shows_the_cluster_space(&cluster, &mnt).context("df")?;
     kernel_read_ahead_is_raised(&mnt).context("kernel read-ahead")?;
     basic_file_operations(&mnt).context("basic file operations")?;
+    round_trips_saved(&cluster, &mnt).context("round trips saved")?;
     big_file(&mnt).context("a 200 MiB file")?;
     concurrent_writers(&mnt).context("concurrent writers")?;
     goal_three(&cluster, &mnt).context("setgoal -r 3")?;

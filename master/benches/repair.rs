@@ -170,7 +170,9 @@ impl Bench {
                 rdev: 0,
                 open: true,
             };
-            let ClientReply::Attr(attr) = self.call(create).await? else { bail!("create {name}: unexpected reply") };
+            let ClientReply::Changed { attr: Some(attr), .. } = self.call(create).await? else {
+                bail!("create {name}: unexpected reply")
+            };
             let chunks = CHUNKS_PER_FILE.min(count - first);
             for index in 0..chunks {
                 let bytes = tokio::task::block_in_place(|| chunk_bytes(first + index));

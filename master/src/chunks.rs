@@ -29,6 +29,10 @@ use futures::future::join_all;
 
 use crate::master::Master;
 use crate::namespace::ops::{MetaReply, OpBody};
+use crate::namespace::read::View;
+
+/// A slot's chunk and version (`None`: a hole) and the servers with a valid copy of it.
+pub type SlotPlace = (Option<(ChunkId, ChunkVersion)>, Vec<ChunkLocation>);
 
 /// A lease not renewed (by another write lease or its end) for this long lapses.
 const LEASE_TIME: Duration = Duration::from_secs(60);
@@ -150,12 +154,21 @@ impl Master {
         if file.kind != FileKind::File {
             return Err(Status::Invalid.into());
         }
-        let chunk = view.file_chunk(inode, index)?.filter(|(_, rec)| rec.version.0 > 0);
-        let (chunk, locations) = match chunk {
+        let (chunk, locations) = self.slot_place(&view, inode, index)?;
+        Ok(ClientReply::ChunkLocations { file_size: file.size, chunk, locations })
+    }
+
+    /// Slot `index` of a file and the servers with a valid copy of it.
+    pub fn slot_place(
+        &self,
+        view: &View<'_>,
+        inode: Inode,
+        index: u32,
+    ) -> Result<SlotPlace, ClientError> {
+        Ok(match view.file_chunk(inode, index)?.filter(|(_, rec)| rec.version.0 > 0) {
             None => (None, Vec::new()),
             Some((id, rec)) => (Some((id, rec.version)), self.topology.valid_locations(id, rec.version)),
-        };
-        Ok(ClientReply::ChunkLocations { file_size: file.size, chunk, locations })
+        })
     }
 
     /// Moves the replicas of a chunk to a new version with the `targets` orders, keeps those

@@ -112,7 +112,7 @@ async fn garbage_on_every_listener_is_refused_and_the_cluster_keeps_serving() ->
         open: true,
     };
     let inode = match master.call(&Creds::root(), create).await? {
-        ClientReply::Attr(a) => a.inode,
+        ClientReply::Changed { attr: Some(a), .. } => a.inode,
         other => bail!("unexpected {other:?}"),
     };
     let data = pseudo_random_bytes(42, 300_000);

@@ -93,7 +93,7 @@ impl Env {
             open: true,
         };
         let inode = match self.call(create).await? {
-            ClientReply::Attr(a) => a.inode,
+            ClientReply::Changed { attr: Some(a), .. } => a.inode,
             other => bail!("create {name_}: unexpected {other:?}"),
         };
         let mut file = TestFile { name: name_.into(), inode, pieces: Vec::new() };

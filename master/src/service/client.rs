@@ -152,6 +152,27 @@ fn outward(info: &SessionInfo, mut attr: Attr) -> Attr {
     attr
 }
 
+/// The reply to a change in the folders `dirs`, with their attributes as this leader has them
+/// now (it applied the change).
+fn changed_reply(m: &Master, info: &SessionInfo, r: MetaReply, dirs: &[Inode]) -> Res {
+    let attr = match attr_reply(info, r)? {
+        ClientReply::Attr(a) => Some(a),
+        ClientReply::Done => None,
+        other => return Ok(other),
+    };
+    let view = m.local_view();
+    let mut out: Vec<Attr> = Vec::with_capacity(dirs.len());
+    for &d in dirs {
+        // A folder removed meanwhile has nothing to tell.
+        if let Ok(a) = view.getattr(d) {
+            if !out.iter().any(|o| o.inode == a.inode) {
+                out.push(outward(info, a));
+            }
+        }
+    }
+    Ok(ClientReply::Changed { attr, dirs: out })
+}
+
 fn attr_reply(info: &SessionInfo, r: MetaReply) -> Res {
     match r {
         MetaReply::Attr(a) => Ok(ClientReply::Attr(outward(info, a))),
@@ -456,7 +477,7 @@ async fn request(
                 creds,
                 open: open.then_some(session),
             };
-            attr_reply(info, m.propose_from(origin, body).await?)
+            changed_reply(m, info, m.propose_from(origin, body).await?, &[ino(parent)])
         }
         R::Symlink { parent, name, target } => {
             let body = OpBody::Create {
@@ -470,28 +491,28 @@ async fn request(
                 creds,
                 open: None,
             };
-            attr_reply(info, m.propose_from(origin, body).await?)
+            changed_reply(m, info, m.propose_from(origin, body).await?, &[ino(parent)])
         }
         R::ReadLink { inode } => Ok(ClientReply::ReadLink(m.read().await?.readlink(ino(inode))?)),
-        R::Link { inode, parent, name } => attr_reply(
-            info,
-            m.propose_from(origin, OpBody::Link { inode: ino(inode), parent: ino(parent), name, creds }).await?,
-        ),
+        R::Link { inode, parent, name } => {
+            let body = OpBody::Link { inode: ino(inode), parent: ino(parent), name, creds };
+            changed_reply(m, info, m.propose_from(origin, body).await?, &[ino(parent)])
+        }
         R::Unlink { parent, name } => {
             let r = m.propose_from(origin, OpBody::Remove { parent: ino(parent), name, dir: false, creds }).await?;
             m.reap_soon();
-            attr_reply(info, r)
+            changed_reply(m, info, r, &[ino(parent)])
         }
-        R::Rmdir { parent, name } => attr_reply(
-            info,
-            m.propose_from(origin, OpBody::Remove { parent: ino(parent), name, dir: true, creds }).await?,
-        ),
+        R::Rmdir { parent, name } => {
+            let r = m.propose_from(origin, OpBody::Remove { parent: ino(parent), name, dir: true, creds }).await?;
+            changed_reply(m, info, r, &[ino(parent)])
+        }
         R::Rename { parent, name, new_parent, new_name, flags } => {
-            let body =
-                OpBody::Rename { parent: ino(parent), name, new_parent: ino(new_parent), new_name, flags, creds };
+            let (parent, new_parent) = (ino(parent), ino(new_parent));
+            let body = OpBody::Rename { parent, name, new_parent, new_name, flags, creds };
             let r = m.propose_from(origin, body).await?;
             m.reap_soon();
-            attr_reply(info, r)
+            changed_reply(m, info, r, &[parent, new_parent])
         }
         R::OpenDir { inode } => {
             m.read().await?.opendir_check(ino(inode), &creds)?;
@@ -534,7 +555,13 @@ async fn request(
                 m.propose_from(origin, OpBody::Open { session, inode }).await?;
             }
             // This leader applied everything it committed above.
-            Ok(ClientReply::Attr(outward(info, m.local_view().getattr(inode)?)))
+            let attr = outward(info, m.local_view().getattr(inode)?);
+            if rec.kind == FileKind::File && mode == 4 {
+                // Where the first read goes next, saving the reader a round trip.
+                let (chunk, locations) = m.slot_place(&view, inode, 0)?;
+                return Ok(ClientReply::Opened { attr, chunk, locations });
+            }
+            Ok(ClientReply::Attr(attr))
         }
         R::Release { inode } => {
             let r = m.propose_from(origin, OpBody::Release { session, inode: ino(inode) }).await;

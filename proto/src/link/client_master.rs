@@ -386,6 +386,21 @@ pub enum ClientReply {
         chunk: Option<(ChunkId, ChunkVersion)>,
         locations: Vec<ChunkLocation>,
     },
+    /// A change in one or two folders (create, link, unlink, rmdir, rename): the new entry's
+    /// attributes, if it makes one, and the folders' attributes right after the change (the
+    /// kernel asks for them before the next change in the folder; the mount answers from
+    /// these instead of asking again).
+    Changed {
+        attr: Option<Attr>,
+        dirs: Vec<Attr>,
+    },
+    /// An open of a regular file for reading, with where slot 0 is (what its first read
+    /// would ask for next): `chunk` `None` is a hole, or an empty file.
+    Opened {
+        attr: Attr,
+        chunk: Option<(ChunkId, ChunkVersion)>,
+        locations: Vec<ChunkLocation>,
+    },
     /// A write lease: write blocks to `chain[0]`, which forwards along the chain.
     /// `new_chunk`: the chunk is not recorded in the file yet; its write end says so.
     WriteLease {
