@@ -159,12 +159,7 @@ impl Master {
     }
 
     /// Slot `index` of a file and the servers with a valid copy of it.
-    pub fn slot_place(
-        &self,
-        view: &View<'_>,
-        inode: Inode,
-        index: u32,
-    ) -> Result<SlotPlace, ClientError> {
+    pub fn slot_place(&self, view: &View<'_>, inode: Inode, index: u32) -> Result<SlotPlace, ClientError> {
         Ok(match view.file_chunk(inode, index)?.filter(|(_, rec)| rec.version.0 > 0) {
             None => (None, Vec::new()),
             Some((id, rec)) => (Some((id, rec.version)), self.topology.valid_locations(id, rec.version)),
