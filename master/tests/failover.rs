@@ -19,7 +19,7 @@ fn name(s: &str) -> Name {
 async fn create(c: &MasterClient, parent: Inode, n: &str, kind: FileKind) -> Result<Inode> {
     let req = ClientRequest::Create { parent, name: name(n), kind, mode: 0o755, umask: 0o022, rdev: 0, open: false };
     match c.call(&Creds::root(), req).await? {
-        ClientReply::Attr(a) | ClientReply::Changed { attr: Some(a), .. } => Ok(a.inode),
+        ClientReply::Changed { attr: Some(a), .. } => Ok(a.inode),
         other => bail!("unexpected {other:?}"),
     }
 }

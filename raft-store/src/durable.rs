@@ -84,18 +84,10 @@ impl Durability {
             .is_some_and(|v| v.is_committed() && v.leader_id().voted_for() == Some(self.me) && v.leader_id() == leader)
     }
 
-    /// Entries up to `last` were written and synced.
-    pub(crate) fn synced(&self, last: LogId) {
-        let mut t = self.tail.lock().expect("tail lock");
-        // A synced write makes everything written before it durable too.
-        t.written = Some(last);
-        t.durable = Some(last);
-        t.pending = false;
-        self.durable_index.send_replace(last.index);
-    }
-
-    /// The log was cut back (or purged) with a synced write and now ends at `last`.
-    pub(crate) fn reset(&self, last: Option<LogId>) {
+    /// A synced write (an append, or a cut back or purged log) left the log ending at `last`:
+    /// everything written before it is durable too. A sync that started before does not
+    /// speak for the log any more (it may have been cut back below that sync's target).
+    pub(crate) fn synced(&self, last: Option<LogId>) {
         let mut t = self.tail.lock().expect("tail lock");
         t.epoch += 1;
         t.written = last;
@@ -249,7 +241,7 @@ mod tests {
             (t.written, t.pending, t.syncing) = (Some(log_id(3, 1, 9)), true, true);
         }
         let (epoch, target) = d.begin_sync().expect("a sync to do");
-        d.reset(Some(log_id(1, 2, 3)));
+        d.synced(Some(log_id(1, 2, 3)));
         d.end_sync(epoch, target);
         assert_eq!(d.durable(), Some(log_id(1, 2, 3)));
         assert_eq!(d.clamp_commit(Some(log_id(1, 2, 5))), Some(log_id(1, 2, 3)));

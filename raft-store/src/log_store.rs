@@ -58,14 +58,15 @@ fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-fn last_entry_id(db: &Db) -> crate::Result<Option<LogId>> {
+/// The id of the log's last entry, or of the last one purged when none is left.
+fn log_end(db: &Db) -> crate::Result<Option<LogId>> {
     let mut it = db.raw().raw_iterator_cf(db.cf(CF_LOG)?);
     it.seek_to_last();
     match it.value() {
         Some(v) => Ok(Some(decode_value::<Entry>(v)?.log_id)),
         None => {
             it.status()?;
-            Ok(None)
+            db.get_value::<LogId>(CF_RAFT_STATE, KEY_PURGED)
         }
     }
 }
@@ -74,10 +75,7 @@ impl LogStore {
     /// The log of node `me`; everything already written to it is synced first.
     pub fn open(me: NodeId, db: Arc<Db>) -> crate::Result<Self> {
         let vote = db.get_value::<Vote>(CF_RAFT_STATE, KEY_VOTE)?;
-        let last = match last_entry_id(&db)? {
-            Some(l) => Some(l),
-            None => db.get_value::<LogId>(CF_RAFT_STATE, KEY_PURGED)?,
-        };
+        let last = log_end(&db)?;
         let stats = Arc::new(LogStats::default());
         let durability = Durability::open(me, db.clone(), last, vote, stats.clone())?;
         Ok(LogStore { db, stats, durability })
@@ -112,8 +110,8 @@ impl LogStore {
         self.db.write(batch, sync).map_err(|e| storage_error(subject, ErrorVerb::Write, e))
     }
 
-    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
-        last_entry_id(&self.db).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+    fn log_end(&self) -> Result<Option<LogId>, StorageError> {
+        log_end(&self.db).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
 
     /// Deletes log entries with index in `[from, to)` (a range delete, then a synced WAL).
@@ -126,12 +124,7 @@ impl LogStore {
         }
         self.db.write(batch, true).map_err(write_err)?;
         // Synced: everything written is durable; the log may have lost its tail.
-        let last = self.last_entry_id()?;
-        let last = match last {
-            Some(l) => Some(l),
-            None => self.get_state(KEY_PURGED, ErrorSubject::Logs)?,
-        };
-        self.durability.reset(last);
+        self.durability.synced(self.log_end()?);
         Ok(())
     }
 }
@@ -178,7 +171,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.get_state(KEY_PURGED, ErrorSubject::Logs)?;
-        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        let last_log_id = self.log_end()?;
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -241,7 +234,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // an fsync, which openraft's core would wait for anyway.
             self.db.write(batch, true).map_err(write_err)?;
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            self.durability.synced(last);
+            self.durability.synced(Some(last));
         }
         callback.log_io_completed(Ok(()));
         Ok(())
