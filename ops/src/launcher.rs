@@ -184,6 +184,13 @@ fn ephemeral_ports() -> (u16, u16) {
     }
 }
 
+/// The last `n` lines of a log file, indented.
+fn log_tail(log: &Path, n: usize) -> String {
+    let body = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = body.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("    {l}\n")).collect()
+}
+
 fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
     let out =
         File::options().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
@@ -475,6 +482,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// Says on stderr which of the processes started here exited without being stopped, how,
+    /// and how their logs end (a test that fails because a daemon died shows why).
+    fn report_unexpected_exits(&mut self) {
+        let logs = self.file.masters.iter().map(|m| (format!("master{}", m.id), &m.log));
+        let logs = logs.chain(self.file.chunkservers.iter().map(|c| (format!("cs{}", c.id), &c.log)));
+        let logs = logs.chain(self.file.mounts.iter().map(|m| (format!("mount:{}", m.path.display()), &m.log)));
+        let logs: BTreeMap<String, PathBuf> = logs.map(|(k, l)| (k, l.clone())).collect();
+        for (key, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = logs.get(key).map(|l| (l.display().to_string(), log_tail(l, 30)));
+                let (path, tail) = log.unwrap_or_default();
+                eprintln!("{key} (pid {}) exited without being stopped: {status}; {path} ends:\n{tail}", child.id());
+            }
+        }
+    }
+
     /// `e` with what every master and chunkserver is doing: running or exited, and the end of
     /// its log (a daemon that could not start says why there).
     fn explain(&self, e: anyhow::Error) -> anyhow::Error {
@@ -484,11 +507,7 @@ impl Cluster {
         for (name, pid, log) in daemons.chain(servers) {
             let state = if alive(pid) { "running" } else { "exited" };
             text.push_str(&format!("\n{name} (pid {pid}) {state}; {}:\n", log.display()));
-            let body = fs::read_to_string(log).unwrap_or_default();
-            let lines: Vec<&str> = body.lines().collect();
-            for line in &lines[lines.len().saturating_sub(6)..] {
-                text.push_str(&format!("    {line}\n"));
-            }
+            text.push_str(&log_tail(log, 6));
         }
         e.context(format!("the cluster did not come up:{text}"))
     }
@@ -562,6 +581,7 @@ impl Cluster {
 
     /// Unmounts every mount, then stops chunkservers and masters (SIGTERM, then SIGKILL).
     pub fn down(&mut self) -> Result<()> {
+        self.report_unexpected_exits();
         for m in std::mem::take(&mut self.file.mounts) {
             unmount(&m.path);
             self.stop_process(&format!("mount:{}", m.path.display()), m.pid, Signal::SIGTERM, Duration::from_secs(10));
