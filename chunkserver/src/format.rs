@@ -455,6 +455,11 @@ impl ChunkFile {
 
     /// Makes the file durable, and its name in the folder if it was created by this process
     /// and never synced.
+    /// Whether the file's name is durable in its folder (see [`ChunkFile::sync`]).
+    pub fn name_synced(&self) -> bool {
+        self.name_synced.load(Ordering::Acquire)
+    }
+
     pub fn sync(&self) -> Result<()> {
         self.file.sync_all()?;
         if !self.name_synced.load(Ordering::Acquire) {

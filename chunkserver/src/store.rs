@@ -330,17 +330,25 @@ impl Store {
     }
 
     /// Installs a new replica file written at `tmp` under its final name.
-    fn install(&self, id: ChunkId, version: ChunkVersion, folder: usize, file: ChunkFile) -> Result<(), DataError> {
+    /// Adds a replica to the index; `keep_open`: the slot keeps `file` (which must be at its
+    /// final path), else it is closed.
+    fn install(
+        &self,
+        id: ChunkId,
+        version: ChunkVersion,
+        folder: usize,
+        file: ChunkFile,
+        keep_open: bool,
+    ) -> Result<(), DataError> {
         let st = SlotState {
             version,
             folder,
             sub: default_subfolder(id),
             length: file.len(),
-            file: None,
+            file: keep_open.then_some(file),
             last_used: Instant::now(),
             gone: false,
         };
-        drop(file);
         self.announce_added(id, &st);
         self.index.lock().expect("index lock").insert(id, Arc::new(tokio::sync::Mutex::new(st)));
         Ok(())
@@ -355,6 +363,8 @@ impl Store {
     /// Order: create an empty replica. It is not synced: it holds nothing anybody was told
     /// is stored, and the sync of the first data written to it makes the file and its name
     /// durable (a replica lost before that is one the master sees missing and copies again).
+    /// The file stays open until then: one opened again from the disk would count its name
+    /// as synced.
     pub async fn create(&self, id: ChunkId, version: ChunkVersion) -> Result<(), DataError> {
         self.drop_existing(id).await;
         let folder = self.choose_folder().await?;
@@ -363,7 +373,7 @@ impl Store {
             .await
             .map_err(join_error)?
             .map_err(io_error)?;
-        self.install(id, version, folder, file)
+        self.install(id, version, folder, file, true)
     }
 
     /// Order: move a replica to a new version (optionally cutting it to `length`).
@@ -446,7 +456,7 @@ impl Store {
         .await
         .map_err(join_error)?
         .map_err(io_error)?;
-        self.install(to.0, to.1, folder, file)
+        self.install(to.0, to.1, folder, file, false)
     }
 
     /// Order: delete a replica (only the version named, so a newer one is never lost).
@@ -529,18 +539,54 @@ impl Store {
         .await
         .map_err(join_error)?
         .map_err(io_error)?;
-        self.install(id, version, folder, file)
+        self.install(id, version, folder, file, false)
     }
 
-    /// Closes chunk files nobody used for `idle`.
+    /// Closes chunk files nobody used for `idle`, but for new ones whose name is not synced
+    /// yet (see [`Store::create`]).
     pub async fn close_idle(&self, idle: Duration) {
         let slots: Vec<Slot> = self.index.lock().expect("index lock").values().cloned().collect();
         for slot in slots {
             if let Ok(mut st) = slot.try_lock() {
-                if st.file.is_some() && st.last_used.elapsed() > idle {
+                if st.file.as_ref().is_some_and(ChunkFile::name_synced) && st.last_used.elapsed() > idle {
                     st.file = None;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folders::FolderSpec;
+    use alces_proto::types::BLOCK_SIZE;
+
+    fn state(store: &Store, id: ChunkId) -> (bool, Option<bool>) {
+        let slot = store.slot(id).expect("the chunk is indexed");
+        let st = slot.try_lock().expect("nobody holds the slot");
+        (st.gone, st.file.as_ref().map(ChunkFile::name_synced))
+    }
+
+    /// A created replica stays open, its name not synced, through idle closing, until the
+    /// first write's sync syncs the name too. (Opened again from the disk, it would count as
+    /// synced and the sync would leave the name out.)
+    #[tokio::test]
+    async fn a_new_replicas_name_is_synced_by_its_first_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let folders = Folders::open(vec![FolderSpec::new(dir.path(), false)]).unwrap();
+        let scan = folders.scan();
+        let store = Store::new(folders, scan);
+        let (id, v) = (ChunkId(0x51), ChunkVersion(1));
+        store.create(id, v).await.unwrap();
+        assert_eq!(state(&store, id), (false, Some(false)), "open, name not synced");
+        store.close_idle(Duration::ZERO).await;
+        assert_eq!(state(&store, id), (false, Some(false)), "an unsynced name keeps the file open");
+        store.write(id, v, 0, vec![7u8; BLOCK_SIZE as usize]).await.unwrap();
+        store.sync(id, v).await.unwrap();
+        assert_eq!(state(&store, id), (false, Some(true)), "the first sync synced the name");
+        store.close_idle(Duration::ZERO).await;
+        assert_eq!(state(&store, id), (false, None), "closed once idle");
+        assert_eq!(store.read(id, v, 0, 4).await.unwrap(), vec![7u8; 4]);
     }
 }
