@@ -222,7 +222,8 @@ fn a_fourth_master_is_added_as_a_voter_and_removed() -> Result<()> {
     ensure!(v.members.iter().filter(|m| m.role == "leader").count() == 1, "{:?}", v.members);
     let m = v.members.iter().find(|m| m.id == 4).context("member 4")?;
     ensure!(m.client_addr == m4.client_addr && m.admin_addr == m4.admin_addr, "{m:?}");
-    wait_for("the new master to know the leader", Duration::from_secs(20), || all_agree_on(&c, &[1, 2, 3, 4], leader))?;
+    wait_for("the new master to know the leader", Duration::from_secs(20), || all_agree_on(&c, &[1, 2, 3, 4], leader))
+        .map_err(|e| e.context(format!("the processes:{}", c.log_tails(40))))?;
     let text = admin_ok(&c, &["--cluster", &dir, "status"])?;
     ensure!(text.contains("4 voters, 0 learners"), "{text}");
     // The chunkserver, configured with masters 1-3 only, learns of master 4 and registers.

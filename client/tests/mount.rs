@@ -442,7 +442,11 @@ fn a_failed_write_out_keeps_its_data_for_the_next_fsync() -> Result<()> {
     }
     let dup = nix::unistd::dup(&f)?;
     let closed = nix::unistd::close(dup);
-    ensure!(closed == Err(nix::errno::Errno::EIO), "the close whose write-out failed returned {closed:?}");
+    ensure!(
+        closed == Err(nix::errno::Errno::EIO),
+        "the close whose write-out failed returned {closed:?}; the processes:{}",
+        cluster.log_tails(40)
+    );
     // A big file: its first full buffer goes to a write-out in the background, which fails;
     // the write that finds the next buffer full tries it again, fails, and is refused.
     let buffer_mib = alces_client::fs::Options::default().flush_at >> 20;

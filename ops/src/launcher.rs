@@ -501,15 +501,22 @@ impl Cluster {
     /// `e` with what every master and chunkserver is doing: running or exited, and the end of
     /// its log (a daemon that could not start says why there).
     fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        e.context(format!("the cluster did not come up:{}", self.log_tails(6)))
+    }
+
+    /// What every process started here is doing, running or exited, and the last `lines`
+    /// lines of its log: for the message of a test that failed.
+    pub fn log_tails(&self, lines: usize) -> String {
         let mut text = String::new();
         let daemons = self.file.masters.iter().map(|m| (format!("master {}", m.id), m.pid, &m.log));
         let servers = self.file.chunkservers.iter().map(|c| (format!("chunkserver {}", c.id), c.pid, &c.log));
-        for (name, pid, log) in daemons.chain(servers) {
+        let mounts = self.file.mounts.iter().map(|m| (format!("mount {}", m.path.display()), m.pid, &m.log));
+        for (name, pid, log) in daemons.chain(servers).chain(mounts) {
             let state = if alive(pid) { "running" } else { "exited" };
             text.push_str(&format!("\n{name} (pid {pid}) {state}; {}:\n", log.display()));
-            text.push_str(&log_tail(log, 6));
+            text.push_str(&log_tail(log, lines));
         }
-        e.context(format!("the cluster did not come up:{text}"))
+        text
     }
 
     pub fn client_addrs(&self) -> Vec<String> {
