@@ -13,9 +13,9 @@ ROWS = [
     ("random write 4 KiB (IOPS)", ("rand_write_4k_iops",)),
     ("random read 4 KiB (IOPS)", ("rand_read_4k_iops",)),
 ]
-for threads in ("1t", "8t"):
+for key, who in (("1t", "1 thread"), ("8t", "8 threads"), ("8d", "8 threads, a folder each")):
     for op in ("create", "stat", "rename", "unlink", "mkdir", "rmdir"):
-        ROWS.append((f"{op}, {threads[0]} thread{'s' if threads != '1t' else ''} (ops/s)", (f"meta_{threads}", op)))
+        ROWS.append((f"{op}, {who} (ops/s)", (f"meta_{key}", op)))
 ROWS += [
     ("small files 4 KiB, write (files/s)", ("small_4k", "write_files_s")),
     ("small files 4 KiB, read (files/s)", ("small_4k", "read_files_s")),
