@@ -177,12 +177,17 @@ impl Master {
     /// For a chunk being created (`commit` false) nothing is committed: its record goes in
     /// with the first write end, under the lease; replicas left by a leader that died before
     /// are deleted as chunks nobody uses.
+    ///
+    /// With `grow` (the goal, and the version the replicas are at), a chunk below its goal
+    /// first gets copies on new servers, which then move on with the others (see
+    /// [`Master::add_copies`]).
     async fn bump(
         &self,
         chunk: ChunkId,
         new_version: ChunkVersion,
         targets: Vec<(ChunkLocation, ChunkOrder)>,
         commit: bool,
+        grow: Option<(usize, ChunkVersion)>,
     ) -> Result<(Vec<ChunkLocation>, ChunkVersion), ClientError> {
         if targets.is_empty() {
             return Err(ClientError::Unavailable(format!("no chunkserver can take chunk {}", chunk.hex())));
@@ -192,6 +197,11 @@ impl Master {
         };
         let term = self.term();
         let (mut version, mut targets) = (new_version, targets);
+        if let Some((goal, from)) = grow {
+            for to in self.add_copies(chunk, from, goal, term).await {
+                targets.push((to, ChunkOrder::SetVersion { chunk, from, to: version }));
+            }
+        }
         loop {
             let results = join_all(targets.into_iter().map(|(loc, op)| async move {
                 let res = self.topology.order(loc.id, term, op).await;
@@ -260,7 +270,7 @@ impl Master {
         }
         let to = self.next_version(chunk, version);
         let targets = copies.into_iter().map(|(l, from)| (l, ChunkOrder::SetVersion { chunk, from, to })).collect();
-        let (_, to) = self.bump(chunk, to, targets, true).await?;
+        let (_, to) = self.bump(chunk, to, targets, true, None).await?;
         tracing::info!(chunk = %chunk.hex(), from = %version, to = %to, "replicas ahead of the metadata adopted");
         Ok(true)
     }
@@ -285,7 +295,10 @@ impl Master {
             return Err(Status::Invalid.into());
         }
         let existing = view.file_chunk(inode, index)?;
+        let goal = file.goal.0 as usize;
         if let Some((id, rec)) = existing {
+            // A lease is not renewed on a chunk that could get copies it lacks (see below).
+            let grows = rec.refs == 1 && rec.version.0 > 0 && self.can_add_copies(id, rec.version, goal);
             let mut leases = self.leases.leases.lock().expect("lease lock");
             if let Some(l) = leases.get_mut(&id) {
                 let now = Instant::now();
@@ -297,7 +310,9 @@ impl Master {
                     )));
                 }
                 // After a failed write the version moves on (the chain may have lost a replica).
-                if live && l.session == session && !after_failure {
+                // So it does when the chunk is below its goal and nobody writes under the lease
+                // right now: new copies join the chain first.
+                if live && l.session == session && !after_failure && !(grows && l.holders == 0) {
                     l.holders += 1;
                     l.expires = now + LEASE_TIME;
                     return Ok(ClientReply::WriteLease {
@@ -311,7 +326,6 @@ impl Master {
                 leases.remove(&id);
             }
         }
-        let goal = file.goal.0 as usize;
         let Some((id, rec)) = existing else {
             if let Some(reply) = self.reuse_unrecorded(session, file.size, inode, index, after_failure)? {
                 return Ok(reply);
@@ -327,7 +341,7 @@ impl Master {
             }
             let unrecorded = Some(((inode, index), self.term()));
             self.grant(session, file.size, chunk, version, Vec::new(), unrecorded);
-            let created = self.bump(chunk, version, targets, false).await;
+            let created = self.bump(chunk, version, targets, false, None).await;
             let mut unrecorded = self.leases.unrecorded.lock().expect("lease lock");
             let mut leases = self.leases.leases.lock().expect("lease lock");
             return match (created, leases.get_mut(&chunk)) {
@@ -364,7 +378,10 @@ impl Master {
                 .map(|(l, from)| (l, ChunkOrder::SetVersion { chunk, from, to: new_version }))
                 .collect(),
         };
-        let (chain, new_version) = self.bump(chunk, new_version, targets, true).await?;
+        // A chunk below its goal gets its missing copies now: the replication manager leaves
+        // leased chunks alone, so one written without pause would otherwise stay below it.
+        let grow = (copy_from.is_none() && version.0 > 0).then_some((goal, version));
+        let (chain, new_version) = self.bump(chunk, new_version, targets, true, grow).await?;
         Ok(self.grant(session, file.size, chunk, new_version, chain, None))
     }
 
@@ -410,6 +427,58 @@ impl Master {
         leases.remove(&chunk);
         unrecorded.remove(&(inode, index));
         Ok(None)
+    }
+
+    /// The servers with a copy of `chunk` at `version` that count (connected), and the
+    /// servers new copies could go to, as many as the goal lacks.
+    fn copies_and_places(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        goal: usize,
+    ) -> (Vec<ChunkLocation>, Vec<ChunkLocation>) {
+        let connected: HashSet<_> = self.topology.servers().into_iter().filter(|s| s.connected).map(|s| s.id).collect();
+        let copies: Vec<ChunkLocation> =
+            self.topology.valid_locations(chunk, version).into_iter().filter(|l| connected.contains(&l.id)).collect();
+        if copies.is_empty() || copies.len() >= goal {
+            return (copies, Vec::new());
+        }
+        let holding: Vec<_> = self.topology.replicas(chunk).iter().map(|r| r.server).collect();
+        let places = self.topology.place(goal - copies.len(), &holding);
+        (copies, places)
+    }
+
+    /// Whether `chunk` at `version` is below its goal and a server could take another copy.
+    fn can_add_copies(&self, chunk: ChunkId, version: ChunkVersion, goal: usize) -> bool {
+        !self.copies_and_places(chunk, version, goal).1.is_empty()
+    }
+
+    /// Copies of `chunk` at `version` fetched by new servers from the ones that have it, up to
+    /// `goal`; returns the servers that took theirs. Called under the bump marker, by a lease
+    /// with nobody writing, so the replicas do not change meanwhile. The replication manager
+    /// leaves leased chunks alone: without this a chunk written without pause stays below
+    /// its goal for as long as the writes go on.
+    async fn add_copies(&self, chunk: ChunkId, version: ChunkVersion, goal: usize, term: u64) -> Vec<ChunkLocation> {
+        let (sources, places) = self.copies_and_places(chunk, version, goal);
+        let results = join_all(places.into_iter().map(|to| {
+            let order = ChunkOrder::Replicate { chunk, version, sources: sources.clone() };
+            async move { (self.topology.order(to.id, term, order).await, to) }
+        }))
+        .await;
+        let mut added = Vec::new();
+        for (res, to) in results {
+            match res {
+                Ok(()) => {
+                    tracing::info!(chunk = %chunk.hex(), server = %to.id, "a copy added to a chunk below its goal before its new lease");
+                    self.topology.set_replica_version(chunk, to.id, version);
+                    added.push(to);
+                }
+                Err(e) => {
+                    tracing::warn!(chunk = %chunk.hex(), server = %to.id, error = %e, "no copy added to a chunk below its goal")
+                }
+            }
+        }
+        added
     }
 
     /// Orders creating `goal` empty replicas of `chunk` at `version`, on the servers chosen.
@@ -556,7 +625,7 @@ impl Master {
             (id, nv, targets)
         };
         self.leases.leases.lock().expect("lease lock").remove(&id);
-        self.bump(chunk, new_version, targets, true).await?;
+        self.bump(chunk, new_version, targets, true, None).await?;
         Ok(())
     }
 }

@@ -425,6 +425,39 @@ async fn a_killed_chunkservers_chunks_get_back_to_their_goal() -> Result<()> {
     check_replicas(&env, &refs(&files), &survivors).await
 }
 
+/// A chunk written without pause gets back to its goal after losing a copy. Its write lease
+/// never lapses, and the replication manager leaves leased chunks alone: the writer's next
+/// lease has to add the missing copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_written_without_pause_gets_back_to_its_goal() -> Result<()> {
+    let mut env = start(3, 2, &[]).await?;
+    let mut file = env.write_file("busy", 7, &[(0, 100_000)]).await?;
+    let all = env.chunkserver_ids();
+    wait_placement(&env, &[&file], 2, &all, "2 copies of the chunk").await?;
+    let first = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+    let victim = first.copies.iter().find(|(_, valid)| *valid).map(|(l, _)| l.id.0).context("a valid copy")?;
+    env.kill(victim, Signal::SIGKILL)?;
+    let survivors: Vec<u64> = all.iter().copied().filter(|&c| c != victim).collect();
+    let deadline = Instant::now() + HEAL;
+    // Past a hole after the first piece (`check_contents` reads it as zeros).
+    let (mut offset, mut writes) = (200_000u64, 0);
+    loop {
+        env.write_piece(&mut file, offset, pseudo_random_bytes(offset, 4096)).await?;
+        (offset, writes) = (offset + 4096, writes + 1);
+        let c = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+        let valid: Vec<u64> =
+            c.copies.iter().filter(|(l, v)| *v && survivors.contains(&l.id.0)).map(|(l, _)| l.id.0).collect();
+        if valid.len() == 2 {
+            eprintln!("2 valid copies again after {writes} writes without pause");
+            break;
+        }
+        let more = Instant::now() < deadline && offset + 4096 <= CHUNK_SIZE;
+        ensure!(more, "{writes} writes without pause, still valid copies on {valid:?} only: {:?}", c.copies);
+    }
+    env.check_contents(&[&file]).await?;
+    check_replicas(&env, &[&file], &survivors).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn returning_chunkservers_extra_and_stale_copies_are_trimmed() -> Result<()> {
     let mut env = start(5, 3, &[]).await?;
