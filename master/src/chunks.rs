@@ -297,8 +297,6 @@ impl Master {
         let existing = view.file_chunk(inode, index)?;
         let goal = file.goal.0 as usize;
         if let Some((id, rec)) = existing {
-            // A lease is not renewed on a chunk that could get copies it lacks (see below).
-            let grows = rec.refs == 1 && rec.version.0 > 0 && self.can_add_copies(id, rec.version, goal);
             let mut leases = self.leases.leases.lock().expect("lease lock");
             if let Some(l) = leases.get_mut(&id) {
                 let now = Instant::now();
@@ -311,8 +309,9 @@ impl Master {
                 }
                 // After a failed write the version moves on (the chain may have lost a replica).
                 // So it does when the chunk is below its goal and nobody writes under the lease
-                // right now: new copies join the chain first.
-                if live && l.session == session && !after_failure && !(grows && l.holders == 0) {
+                // right now: new copies join the chain first (see below).
+                let grows = || l.holders == 0 && self.can_add_copies(id, rec.version, goal);
+                if live && l.session == session && !after_failure && !grows() {
                     l.holders += 1;
                     l.expires = now + LEASE_TIME;
                     return Ok(ClientReply::WriteLease {
@@ -437,9 +436,7 @@ impl Master {
         version: ChunkVersion,
         goal: usize,
     ) -> (Vec<ChunkLocation>, Vec<ChunkLocation>) {
-        let connected: HashSet<_> = self.topology.servers().into_iter().filter(|s| s.connected).map(|s| s.id).collect();
-        let copies: Vec<ChunkLocation> =
-            self.topology.valid_locations(chunk, version).into_iter().filter(|l| connected.contains(&l.id)).collect();
+        let copies = self.topology.connected_copies(chunk, version);
         if copies.is_empty() || copies.len() >= goal {
             return (copies, Vec::new());
         }

@@ -245,20 +245,29 @@ impl Topology {
 
     /// Where a chunk's current version can be read, connected servers first.
     pub fn valid_locations(&self, chunk: ChunkId, version: ChunkVersion) -> Vec<ChunkLocation> {
+        let mut out = self.copies_at(chunk, version);
+        out.sort_by_key(|(connected, _)| !*connected);
+        out.into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// The connected servers with a copy of a chunk's `version`.
+    pub fn connected_copies(&self, chunk: ChunkId, version: ChunkVersion) -> Vec<ChunkLocation> {
+        self.copies_at(chunk, version).into_iter().filter_map(|(connected, l)| connected.then_some(l)).collect()
+    }
+
+    /// The servers with a copy of a chunk's `version`, and whether each is connected.
+    fn copies_at(&self, chunk: ChunkId, version: ChunkVersion) -> Vec<(bool, ChunkLocation)> {
         let g = self.lock();
-        let mut out: Vec<(bool, ChunkLocation)> = g
-            .chunks
+        g.chunks
             .get(&chunk)
             .into_iter()
             .flatten()
             .filter(|r| r.version == version)
             .filter_map(|r| {
                 let s = g.servers.get(&r.server)?;
-                Some((s.tx.is_none(), ChunkLocation { id: r.server, addr: s.addr.clone() }))
+                Some((s.tx.is_some(), ChunkLocation { id: r.server, addr: s.addr.clone() }))
             })
-            .collect();
-        out.sort_by_key(|(disconnected, _)| *disconnected);
-        out.into_iter().map(|(_, l)| l).collect()
+            .collect()
     }
 
     pub fn location(&self, id: ChunkserverId) -> Option<ChunkLocation> {

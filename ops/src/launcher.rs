@@ -485,17 +485,27 @@ impl Cluster {
     /// Says on stderr which of the processes started here exited without being stopped, how,
     /// and how their logs end (a test that fails because a daemon died shows why).
     fn report_unexpected_exits(&mut self) {
-        let logs = self.file.masters.iter().map(|m| (format!("master{}", m.id), &m.log));
-        let logs = logs.chain(self.file.chunkservers.iter().map(|c| (format!("cs{}", c.id), &c.log)));
-        let logs = logs.chain(self.file.mounts.iter().map(|m| (format!("mount:{}", m.path.display()), &m.log)));
-        let logs: BTreeMap<String, PathBuf> = logs.map(|(k, l)| (k, l.clone())).collect();
-        for (key, child) in &mut self.children {
+        for (key, name, _, log) in self.daemons() {
+            let Some(child) = self.children.get_mut(&key) else { continue };
             if let Ok(Some(status)) = child.try_wait() {
-                let log = logs.get(key).map(|l| (l.display().to_string(), log_tail(l, 30)));
-                let (path, tail) = log.unwrap_or_default();
-                eprintln!("{key} (pid {}) exited without being stopped: {status}; {path} ends:\n{tail}", child.id());
+                let (pid, tail) = (child.id(), log_tail(&log, 30));
+                eprintln!("{name} (pid {pid}) exited without being stopped: {status}; {} ends:\n{tail}", log.display());
             }
         }
+    }
+
+    /// Every process of the cluster file: its key among the children started here, its name
+    /// for people, its pid and its log.
+    fn daemons(&self) -> Vec<(String, String, u32, PathBuf)> {
+        let f = &self.file;
+        let masters = f.masters.iter().map(|m| (format!("master{}", m.id), format!("master {}", m.id), m.pid, &m.log));
+        let servers =
+            f.chunkservers.iter().map(|c| (format!("cs{}", c.id), format!("chunkserver {}", c.id), c.pid, &c.log));
+        let mounts = f.mounts.iter().map(|m| {
+            let path = m.path.display();
+            (format!("mount:{path}"), format!("mount {path}"), m.pid, &m.log)
+        });
+        masters.chain(servers).chain(mounts).map(|(k, n, pid, log)| (k, n, pid, log.clone())).collect()
     }
 
     /// `e` with what every master and chunkserver is doing: running or exited, and the end of
@@ -508,13 +518,10 @@ impl Cluster {
     /// lines of its log: for the message of a test that failed.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut text = String::new();
-        let daemons = self.file.masters.iter().map(|m| (format!("master {}", m.id), m.pid, &m.log));
-        let servers = self.file.chunkservers.iter().map(|c| (format!("chunkserver {}", c.id), c.pid, &c.log));
-        let mounts = self.file.mounts.iter().map(|m| (format!("mount {}", m.path.display()), m.pid, &m.log));
-        for (name, pid, log) in daemons.chain(servers).chain(mounts) {
+        for (_, name, pid, log) in self.daemons() {
             let state = if alive(pid) { "running" } else { "exited" };
             text.push_str(&format!("\n{name} (pid {pid}) {state}; {}:\n", log.display()));
-            text.push_str(&log_tail(log, lines));
+            text.push_str(&log_tail(&log, lines));
         }
         text
     }
