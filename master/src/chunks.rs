@@ -44,6 +44,11 @@ const IDLE_LEASE: Duration = Duration::from_secs(5);
 const LEASES_KEPT: usize = 10_000;
 /// Chunk ids the leader sets aside at a time for new chunks (one commit per this many).
 const RESERVED_IDS: u32 = 1024;
+/// For this long after a master starts, or after a chunkserver registers with it, a copy the
+/// master does not know of may only not be reported yet (a running chunkserver tries a
+/// master again at least every 5 s): a version change of a chunk below its goal waits,
+/// because the copy it would leave behind would be stale for good.
+const REPORT_GRACE: Duration = Duration::from_secs(6);
 
 struct Lease {
     session: SessionId,
@@ -355,6 +360,9 @@ impl Master {
                 }
             };
         };
+        if rec.refs == 1 && rec.version.0 > 0 {
+            self.known_copies_complete(id, rec.version, goal)?;
+        }
         let (chunk, version, copy_from) = if rec.refs > 1 {
             chunk_reply(self.propose(OpBody::AllocChunk { inode, index, replace: Some(id) }).await?)?
         } else {
@@ -382,6 +390,24 @@ impl Master {
         let grow = (copy_from.is_none() && version.0 > 0).then_some((goal, version));
         let (chain, new_version) = self.bump(chunk, new_version, targets, true, grow).await?;
         Ok(self.grant(session, file.size, chunk, new_version, chain, None))
+    }
+
+    /// Refuses, for a retry, to move `chunk` to a new version while a copy of it may be on a
+    /// chunkserver that has not reported it yet: after a restart of the masters, a copy on a
+    /// server that had not connected again would have been left at the old version, stale,
+    /// and the chunk one copy short with nothing lost yet to show for it. Only a chunk with
+    /// fewer known copies than its goal waits, and only for [`REPORT_GRACE`].
+    fn known_copies_complete(&self, chunk: ChunkId, version: ChunkVersion, goal: usize) -> Result<(), ClientError> {
+        if self.topology.connected_copies(chunk, version).len() >= goal {
+            return Ok(());
+        }
+        if self.started.elapsed() < REPORT_GRACE || self.topology.reports_pending(REPORT_GRACE) {
+            return Err(ClientError::Unavailable(format!(
+                "chunk {} is below its goal while chunkservers are still reporting their chunks",
+                chunk.hex()
+            )));
+        }
+        Ok(())
     }
 
     /// The lease of a new chunk not recorded yet in slot `index` of a file: taken again by

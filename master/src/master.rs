@@ -44,6 +44,8 @@ pub struct Master {
     /// The addresses the listeners actually bound (useful with port 0 in tests).
     pub client_addr: SocketAddr,
     pub cs_addr: SocketAddr,
+    /// When this master started (its chunkservers connect over the first seconds).
+    pub started: Instant,
 }
 
 /// Maps a store error to what a client sees.
@@ -102,6 +104,7 @@ impl Master {
             stop: CancellationToken::new(),
             metrics: Default::default(),
             copies_cache: Mutex::new(None),
+            started: Instant::now(),
         });
         tokio::spawn(crate::service::client::serve(master.clone(), client_listener));
         tokio::spawn(crate::service::cs::serve(master.clone(), cs_listener));

@@ -61,6 +61,8 @@ struct Server {
     /// Connection generation, so a stale connection's cleanup does not drop a newer one.
     generation: u64,
     reported: bool,
+    /// When its current connection registered.
+    registered: Instant,
 }
 
 #[derive(Default)]
@@ -118,6 +120,7 @@ impl Topology {
                 tx: Some(tx),
                 generation,
                 reported: false,
+                registered: Instant::now(),
             },
         );
         generation
@@ -160,6 +163,13 @@ impl Topology {
                 s.reported = true;
             }
         }
+    }
+
+    /// Whether a server that registered less than `within` ago is connected and has not sent
+    /// its whole chunk list yet: until it has, its copies look missing.
+    pub fn reports_pending(&self, within: Duration) -> bool {
+        let g = self.lock();
+        g.servers.values().any(|s| s.tx.is_some() && !s.reported && s.registered.elapsed() < within)
     }
 
     pub fn changed(&self, id: ChunkserverId, added: &[ChunkState], removed: &[(ChunkId, ChunkVersion)]) {

@@ -46,13 +46,24 @@ async fn start(chunkservers: usize, goal: u8, chunkserver_extra: &[&str]) -> Res
 
 /// [`start`], every data folder limited to `hdd_size` (in hdd.cfg).
 async fn start_sized(chunkservers: usize, goal: u8, chunkserver_extra: &[&str], hdd_size: Option<&str>) -> Result<Env> {
+    // A single master has no previous leader whose writes could still be under way.
+    start_delayed(chunkservers, goal, chunkserver_extra, hdd_size, 0).await
+}
+
+/// [`start_sized`] with a master that repairs nothing for `delay` seconds after it starts.
+async fn start_delayed(
+    chunkservers: usize,
+    goal: u8,
+    chunkserver_extra: &[&str],
+    hdd_size: Option<&str>,
+    delay: u64,
+) -> Result<Env> {
     let dir = alces_testkit::temp_dir("alces-self-healing-");
     let mut layout = Layout::new(dir.path(), 1, chunkservers)?;
     layout.hdd_size = hdd_size.map(str::to_string);
     layout.goal = goal;
     layout.master_extra.push(format!("CHUNKSERVER_TIMEOUT = {CHUNKSERVER_TIMEOUT}"));
-    // A single master has no previous leader whose writes could still be under way.
-    layout.master_extra.push("REPLICATIONS_DELAY_INIT = 0".into());
+    layout.master_extra.push(format!("REPLICATIONS_DELAY_INIT = {delay}"));
     layout.chunkserver_extra.extend(chunkserver_extra.iter().map(|s| s.to_string()));
     let cluster = tokio::task::block_in_place(|| Cluster::up(&layout))?;
     let master = MasterClient::connect(Options::new(cluster.client_addrs())).await?;
@@ -456,6 +467,47 @@ async fn a_chunk_written_without_pause_gets_back_to_its_goal() -> Result<()> {
     }
     env.check_contents(&[&file]).await?;
     check_replicas(&env, &[&file], &survivors).await
+}
+
+/// A write right after the master restarted waits for the copy of a chunkserver that has not
+/// connected again yet, instead of moving the other copy to a new version alone and leaving
+/// that one stale (the chunk would be one copy short with nothing to show for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_right_after_a_master_restart_keeps_copies_not_reported_yet() -> Result<()> {
+    // No repairs meanwhile: a copy made elsewhere would bring the chunk to its goal anyway.
+    let mut env = start_delayed(3, 2, &[], None, 300).await?;
+    let mut file = env.write_file("early", 8, &[(0, 100_000)]).await?;
+    let all = env.chunkserver_ids();
+    let first = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+    ensure!(first.copies.iter().filter(|(_, valid)| *valid).count() == 2, "a new chunk: {:?}", first.copies);
+    let late = first.copies.iter().find(|(_, valid)| *valid).map(|(l, _)| l.id.0).context("a valid copy")?;
+    // The late server is paused, so it cannot connect to the new master process until resumed.
+    let late_pid = nix::unistd::Pid::from_raw(env.cs_entry(late).pid as i32);
+    nix::sys::signal::kill(late_pid, Signal::SIGSTOP)?;
+    tokio::task::block_in_place(|| -> Result<()> {
+        env.cluster.kill_master(1, Signal::SIGKILL)?;
+        env.cluster.start_master(1)?;
+        env.cluster.wait_leader(Duration::from_secs(30))?;
+        Ok(())
+    })?;
+    let resume = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        nix::sys::signal::kill(late_pid, Signal::SIGCONT)
+    });
+    env.write_piece(&mut file, 200_000, pseudo_random_bytes(200_000, 4096)).await?;
+    resume.await??;
+    settle("the late chunkserver's copy in the master's view", HEAL, || async {
+        let c = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+        match c.copies.iter().find(|(l, _)| l.id.0 == late) {
+            Some((_, true)) => Ok(None),
+            Some((_, false)) => bail!("the late chunkserver's copy was left stale: {:?}", c.copies),
+            None => Ok(Some(format!("not reported yet: {:?}", c.copies))),
+        }
+    })
+    .await
+    .with_context(|| env.cluster.log_tails(40))?;
+    env.check_contents(&[&file]).await?;
+    check_replicas(&env, &[&file], &all).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
