@@ -288,7 +288,7 @@ async fn open_downstream(
         Ok(PeerDataReply::Chain(DataReply::WriteFailed { error, .. }))
         | Ok(PeerDataReply::Chain(DataReply::Error(error))) => {
             return Err(match error {
-                DataError::Chain { .. } => error,
+                DataError::Chain { .. } | DataError::NoSpace => error,
                 other => broken(other.to_string()),
             })
         }

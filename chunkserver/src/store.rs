@@ -52,6 +52,7 @@ fn io_error(e: ChunkError) -> DataError {
     match e {
         ChunkError::Crc { block } => DataError::Crc { block },
         ChunkError::Range { .. } => DataError::Range,
+        ChunkError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => DataError::NoSpace,
         other => DataError::Io(other.to_string()),
     }
 }
@@ -357,7 +358,7 @@ impl Store {
     /// The folder for a new replica ([`crate::folders::Folders::choose`]).
     async fn choose_folder(&self) -> Result<usize, DataError> {
         let usage = self.usage().await;
-        self.folders.choose(&usage).ok_or_else(|| DataError::Io("no data folder has free space".into()))
+        self.folders.choose(&usage).ok_or(DataError::NoSpace)
     }
 
     /// Order: create an empty replica. It is not synced: it holds nothing anybody was told

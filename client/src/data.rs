@@ -32,6 +32,9 @@ const WRITE_WINDOW: usize = 8;
 const CHAIN_REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Attempts (each with fresh locations or a fresh lease) before an I/O error is returned.
 const ATTEMPTS: usize = 8;
+/// Writes of one chunk that found a server of the chain out of space before the write fails
+/// with ENOSPC.
+const NO_SPACE_TRIES: usize = 2;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Located {
@@ -248,6 +251,7 @@ impl DataPath {
         size: u64,
     ) -> Result<(), Status> {
         let mut last = String::new();
+        let mut no_space = 0;
         for attempt in 0..ATTEMPTS {
             let lease = self
                 .master
@@ -276,8 +280,17 @@ impl DataPath {
                     }
                 }
                 Err(e) => {
+                    // A full disk stays full: a new chunk's next lease may place it on other
+                    // servers, an existing chunk's keeps its servers. One more try, then ENOSPC.
+                    if let ChainFailure::NoSpace(_) = e {
+                        no_space += 1;
+                        if no_space == NO_SPACE_TRIES {
+                            tracing::error!(inode = %inode, index, error = %e, "write failed");
+                            return Err(Status::NoSpace);
+                        }
+                    }
                     tracing::warn!(chunk = %chunk.hex(), attempt, error = %e, "chained write failed; retrying with a new lease");
-                    last = e;
+                    last = e.to_string();
                     tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1))).await;
                 }
             }
@@ -292,7 +305,7 @@ impl DataPath {
         version: ChunkVersion,
         chain: &[ChunkLocation],
         pieces: &[(u32, &[u8])],
-    ) -> Result<(), String> {
+    ) -> Result<(), ChainFailure> {
         let head = chain.first().ok_or("empty chain")?;
         let conn = self.connect(&head.addr).await?;
         let (mut reader, mut writer) = conn.split();
@@ -301,7 +314,9 @@ impl DataPath {
         // in order once the chain is up, and answers ready, each piece, then the finish (or
         // a failure, after which it closes the connection).
         let start = DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec() };
-        writer.feed(&start).await.map_err(|e| e.to_string())?;
+        if let Err(e) = writer.feed(&start).await {
+            return Err(send_failure(e, &mut reader).await);
+        }
         // Split at MAX_WRITE boundaries (so pieces after the first are whole, aligned blocks);
         // keep up to WRITE_WINDOW pieces unacknowledged.
         let mut split: Vec<(u32, &[u8])> = Vec::new();
@@ -321,21 +336,30 @@ impl DataPath {
         loop {
             while sent < total && sent - acked < WRITE_WINDOW as u64 {
                 let (offset, data) = split[sent as usize];
-                writer.feed(&DataRequestRef::WriteData { id: sent, offset, data }).await.map_err(|e| e.to_string())?;
+                if let Err(e) = writer.feed(&DataRequestRef::WriteData { id: sent, offset, data }).await {
+                    return Err(send_failure(e, &mut reader).await);
+                }
                 sent += 1;
             }
             if sent == total && !finish_sent {
-                writer.feed(&DataRequest::WriteFinish { id: total }).await.map_err(|e| e.to_string())?;
+                if let Err(e) = writer.feed(&DataRequest::WriteFinish { id: total }).await {
+                    return Err(send_failure(e, &mut reader).await);
+                }
                 finish_sent = true;
             }
-            writer.flush().await.map_err(|e| e.to_string())?;
+            if let Err(e) = writer.flush().await {
+                return Err(send_failure(e, &mut reader).await);
+            }
             match chain_reply(&mut reader).await? {
                 DataReply::WriteReady if !ready => ready = true,
-                other if !ready => return Err(format!("chain refused the write: {other:?}")),
+                DataReply::WriteFailed { error: DataError::NoSpace, .. } | DataReply::Error(DataError::NoSpace) => {
+                    return Err(ChainFailure::NoSpace(head.addr.clone()))
+                }
+                other if !ready => return Err(format!("chain refused the write: {other:?}").into()),
                 DataReply::WriteDone { id } if id == acked && acked < total => acked += 1,
                 DataReply::WriteFinished { id } if id == total && acked == total => break,
-                other if acked < total => return Err(format!("piece {acked}: {other:?}")),
-                other => return Err(format!("finish: {other:?}")),
+                other if acked < total => return Err(format!("piece {acked}: {other:?}").into()),
+                other => return Err(format!("finish: {other:?}").into()),
             }
         }
         if let Some(c) = Connection::rejoin(reader, writer) {
@@ -345,11 +369,56 @@ impl DataPath {
     }
 }
 
+/// Why a send to the chain's head failed. The head closes the connection after it answers a
+/// failure, so a send can fail first: the reason is then in its last answers.
+async fn send_failure(e: alces_proto::FrameError, reader: &mut FrameReader) -> ChainFailure {
+    failure_in_replies(reader).await.unwrap_or(ChainFailure::Other(e.to_string()))
+}
+
+/// A failure the chain's head answered before it closed the connection, if any: read from
+/// what is left of its answers (for a short while only: it answers before it closes).
+async fn failure_in_replies(reader: &mut FrameReader) -> Option<ChainFailure> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let reply = tokio::time::timeout_at(deadline, reader.expect::<DataReply>()).await.ok()?.ok()?;
+        match reply {
+            DataReply::WriteFailed { error: DataError::NoSpace, .. } | DataReply::Error(DataError::NoSpace) => {
+                return Some(ChainFailure::NoSpace("the chain".into()))
+            }
+            DataReply::WriteFailed { id, error } => return Some(format!("piece {id}: {error}").into()),
+            DataReply::Error(error) => return Some(format!("chain refused the write: {error}").into()),
+            _ => {}
+        }
+    }
+}
+
 /// The chain's next answer, or an error when it does not come within [`CHAIN_REPLY_TIMEOUT`].
 async fn chain_reply(reader: &mut FrameReader) -> Result<DataReply, String> {
     match tokio::time::timeout(CHAIN_REPLY_TIMEOUT, reader.expect::<DataReply>()).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer from the chain within {CHAIN_REPLY_TIMEOUT:?}")),
+    }
+}
+
+/// Why a chained write failed.
+#[derive(Debug, thiserror::Error)]
+enum ChainFailure {
+    /// A server of the chain (whose head is named) has no room left for the write.
+    #[error("no space left on a server of the chain headed by {0}")]
+    NoSpace(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for ChainFailure {
+    fn from(why: String) -> Self {
+        ChainFailure::Other(why)
+    }
+}
+
+impl From<&str> for ChainFailure {
+    fn from(why: &str) -> Self {
+        ChainFailure::Other(why.to_string())
     }
 }
 

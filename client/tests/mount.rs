@@ -486,3 +486,99 @@ fn a_failed_write_out_keeps_its_data_for_the_next_fsync() -> Result<()> {
     eprintln!("{accepted} MiB accepted while the chunkservers were down, all read back");
     Ok(())
 }
+
+/// tmpfs file systems mounted by a test, unmounted when it ends (after the cluster that
+/// uses them is down: declare this first).
+struct Tmpfs(Vec<PathBuf>);
+
+impl Tmpfs {
+    fn mount(&mut self, at: &Path, size: &str) -> Result<()> {
+        let ok =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).status()?;
+        ensure!(ok.success(), "mounting a tmpfs at {}: {ok}", at.display());
+        self.0.push(at.to_path_buf());
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        for at in &self.0 {
+            let _ = Command::new("umount").arg("-l").arg(at).status();
+        }
+    }
+}
+
+/// The errno of a failed write-out: from the write that found its buffer full, or from the
+/// `fsync`. `None` when both succeeded.
+fn write_out_errno(f: &mut fs::File, data: &[u8]) -> Option<i32> {
+    f.write_all(data).and_then(|()| f.sync_all()).err().map(|e| e.raw_os_error().unwrap_or(0))
+}
+
+/// When every chunkserver's disks are full, a write-out fails with ENOSPC (as on MooseFS),
+/// for a new chunk and for one that exists, after a try or two rather than after every
+/// retry (it was EIO after 8 tries); and what was written before stays readable.
+#[test]
+fn a_full_cluster_answers_enospc_and_keeps_what_it_has() -> Result<()> {
+    let dir = alces_testkit::temp_dir("alces-mount-full-");
+    let mut disks = Tmpfs(Vec::new());
+    let mnt = dir.path().join("mnt");
+    let mut cluster = start(dir.path(), None, None, 30)?;
+    // Every data folder on a small file system of its own: 3 servers x 2 x 100 MiB (a folder
+    // takes a new chunk only while it has room for a whole one).
+    for cs in cluster.file.chunkservers.clone() {
+        cluster.kill_chunkserver(cs.id, Signal::SIGTERM)?;
+        for folder in &cs.folders {
+            fs::remove_dir_all(folder)?;
+            fs::create_dir(folder)?;
+            disks.mount(folder, "100m")?;
+        }
+        cluster.start_chunkserver(cs.id)?;
+    }
+    cluster.wait_chunkservers(3, Duration::from_secs(60))?;
+    cluster.mount(&mnt, false, &[])?;
+    let before = pseudo_random_bytes(11, 20 << 20);
+    fs::write(mnt.join("before"), &before)?;
+    fs::File::open(mnt.join("before"))?.sync_all()?;
+
+    let mut big = fs::File::create(mnt.join("big"))?;
+    let started = Instant::now();
+    let mut errno = None;
+    for i in 0..600 {
+        errno = write_out_errno(&mut big, &pseudo_random_bytes(i, 1 << 20));
+        if errno.is_some() {
+            break;
+        }
+    }
+    ensure!(errno == Some(libc::ENOSPC), "filling the cluster ended with errno {errno:?}, not ENOSPC");
+    eprintln!("ENOSPC for a new chunk {:?} after the first write", started.elapsed());
+    drop(big);
+
+    // What room the folders have left (below a whole chunk's) taken by other files: the
+    // chunk of `before` cannot grow.
+    for folder in cluster.file.chunkservers.iter().flat_map(|c| c.folders.iter()) {
+        let mut filler = fs::File::create(folder.join("filler"))?;
+        for size in [1 << 20, 4096] {
+            while filler.write_all(&vec![0xa5; size]).is_ok() {}
+        }
+    }
+    let mut grow = fs::OpenOptions::new().append(true).open(mnt.join("before"))?;
+    let errno = write_out_errno(&mut grow, &pseudo_random_bytes(12, 40 << 20));
+    ensure!(
+        errno == Some(libc::ENOSPC),
+        "growing a file in a full cluster ended with errno {errno:?}; the processes:{}",
+        cluster.log_tails(20)
+    );
+    drop(grow);
+    // Until the release of that descriptor (which the kernel sends after the close returns)
+    // drops the bytes that could not be written, a read tries to write them first and fails.
+    let mut got = Vec::new();
+    wait_for("the file written before to read back", Duration::from_secs(30), || {
+        got = fs::read(mnt.join("before"))?;
+        Ok(true)
+    })?;
+    ensure!(got.len() == before.len(), "{} bytes read back, {} written", got.len(), before.len());
+    ensure!(checksum(&got) == checksum(&before), "the file written before differs");
+    drop(cluster);
+    Ok(())
+}

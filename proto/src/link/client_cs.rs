@@ -115,4 +115,7 @@ pub enum DataError {
     Chain { server: ChunkserverId, reason: String },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The server's disks have no room for the write (ENOSPC).
+    #[error("no space left on the chunkserver")]
+    NoSpace,
 }
