@@ -469,6 +469,34 @@ async fn a_chunk_written_without_pause_gets_back_to_its_goal() -> Result<()> {
     check_replicas(&env, &[&file], &survivors).await
 }
 
+/// A lease that cannot add the missing copy (the server chosen for it stops answering) still
+/// gives the writer its lease on the copies there are, and the copy comes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_whose_new_copy_fails_still_lets_the_writer_write() -> Result<()> {
+    let mut env = start(3, 2, &[]).await?;
+    let mut file = env.write_file("hurt", 9, &[(0, 100_000)]).await?;
+    let all = env.chunkserver_ids();
+    let first = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+    let holders: Vec<u64> = first.copies.iter().filter(|(_, valid)| *valid).map(|(l, _)| l.id.0).collect();
+    ensure!(holders.len() == 2, "a new chunk: {:?}", first.copies);
+    let spare = *all.iter().find(|c| !holders.contains(c)).context("a server without a copy")?;
+    env.kill(holders[0], Signal::SIGKILL)?;
+    // Paused, the spare still looks connected (it was heard from less than 5 s ago), so the
+    // next lease orders it to copy the chunk; the order goes unanswered.
+    let spare_pid = nix::unistd::Pid::from_raw(env.cs_entry(spare).pid as i32);
+    nix::sys::signal::kill(spare_pid, Signal::SIGSTOP)?;
+    let written = env.write_piece(&mut file, 200_000, pseudo_random_bytes(200_000, 4096)).await;
+    nix::sys::signal::kill(spare_pid, Signal::SIGCONT)?;
+    written?;
+    let c = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+    let valid: Vec<u64> = c.copies.iter().filter(|(_, v)| *v).map(|(l, _)| l.id.0).collect();
+    ensure!(valid == [holders[1]], "after the write, valid copies on {valid:?}: {:?}", c.copies);
+    env.check_contents(&[&file]).await?;
+    let live = [holders[1], spare];
+    wait_placement(&env, &[&file], 2, &live, "the second copy on the spare server").await?;
+    check_replicas(&env, &[&file], &live).await
+}
+
 /// A write right after the master restarted waits for the copy of a chunkserver that has not
 /// connected again yet, instead of moving the other copy to a new version alone and leaving
 /// that one stale (the chunk would be one copy short with nothing to show for it).
