@@ -41,6 +41,7 @@ pub static KEYS: &[Key] = &[
     Key { name: "KEEP_LOGS", default: Some("10000"), help: "log entries kept behind a snapshot" },
     Key { name: "ELECTION_TIMEOUT_MS", default: Some("300"), help: "minimum election timeout; the maximum is twice this. Followers start an election 3 to 4 times this after the last heartbeat (a leader lease of twice it, then the random timeout)" },
     Key { name: "HEARTBEAT_MS", default: Some("100"), help: "leader heartbeat interval" },
+    Key { name: "WORKER_THREADS", default: Some("1"), help: "threads that run the master's work: 1 runs it all on one thread, which costs the least CPU per change (no hand-offs between threads); more spread requests over that many cores" },
     Key { name: "TEST_UNSAFE_DISABLE_WAL", default: Some("0"), help: "TESTS ONLY: 1 turns the write-ahead log off, so acknowledged changes are lost on a crash (to prove the fault-injection suite notices)" },
 ];
 
@@ -71,6 +72,8 @@ pub struct MasterConfig {
     pub acceptable_difference_ppm: u64,
     pub snapshot_every: u64,
     pub keep_logs: u64,
+    /// WORKER_THREADS: 1 for a single-threaded runtime.
+    pub worker_threads: usize,
     /// TEST_UNSAFE_DISABLE_WAL: sabotage for the fault-injection suite's self-test.
     pub unsafe_no_wal: bool,
     pub election_timeout_ms: u64,
@@ -195,6 +198,10 @@ impl MasterConfig {
             })?,
             snapshot_every: s.get_with("SNAPSHOT_EVERY", parse_size)?,
             keep_logs: s.get("KEEP_LOGS")?,
+            worker_threads: s.get_with("WORKER_THREADS", |v| match v.parse::<usize>() {
+                Ok(n) if (1..=1024).contains(&n) => Ok(n),
+                _ => Err("must be a number of threads from 1 to 1024".into()),
+            })?,
             unsafe_no_wal: s.get_with("TEST_UNSAFE_DISABLE_WAL", |v| match v {
                 "0" => Ok(false),
                 "1" => Ok(true),

@@ -187,6 +187,8 @@ pub async fn pass(m: &Arc<Master>) -> usize {
         let Ok(batch) = view.chunks(after, SCAN_BATCH) else { return 0 };
         let Some(last) = batch.last() else { break };
         after = Some(last.0);
+        // A master may run on one thread: a pass over millions of chunks lets the rest run.
+        tokio::task::yield_now().await;
         for (chunk, rec) in batch {
             // Both lists are in id order: replicated chunks before this record have none.
             while let Some(k) = known.next_if(|k| *k <= chunk) {

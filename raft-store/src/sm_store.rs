@@ -23,6 +23,8 @@ use crate::snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter};
 use crate::types::{Batch, Entry, LogId, Payload, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const KEY_APPLIED: &[u8] = b"last_applied";
+/// Entries applied between two chances for the node's other tasks to run.
+const APPLY_YIELD_EVERY: usize = 64;
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 /// Present while a snapshot is being loaded: its file, so that a crash mid-load is finished at
 /// the next start instead of leaving a half-replaced state.
@@ -182,7 +184,12 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             self.durability.wait_durable(last.log_id.index).await;
         }
         let mut replies = Vec::with_capacity(entries.len());
-        for entry in entries {
+        for (i, entry) in entries.into_iter().enumerate() {
+            // A node may run on one thread: a long batch (a follower catching up) lets its
+            // heartbeats and requests through.
+            if i > 0 && i % APPLY_YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
+            }
             let log_id = entry.log_id;
             let reply =
                 self.apply_one(entry).map_err(|e| storage_error(ErrorSubject::Apply(log_id), ErrorVerb::Write, e))?;

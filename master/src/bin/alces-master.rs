@@ -42,7 +42,13 @@ fn main() -> Result<()> {
     alces_config::init_logging();
     let settings = Settings::from_matches(KEYS, &matches, Some(Path::new(DEFAULT_FILE)))?;
     let config = MasterConfig::from_settings(&settings)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One thread by default: the work of a change is a chain of short steps (client, Raft
+    // core, log, replication, apply), and handing each to another thread cost more CPU than
+    // the steps themselves.
+    let rt = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+    };
     rt.block_on(run(config))
 }
 
