@@ -452,9 +452,30 @@ impl AdminBackend for Master {
     }
 }
 
-/// Serves the admin API of a master.
+/// Serves the admin API of a master on a thread of its own: a monitor page's count of every
+/// chunk's copies is a scan of the whole chunk table, which must not hold up the master's
+/// own thread (its heartbeats and requests) on a large file system.
 pub async fn serve(m: Arc<Master>) -> std::io::Result<std::net::SocketAddr> {
-    alces_ops::api::serve(m.config.admin_listen, m.clone(), m.stop.clone()).await
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("admin-api".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = bound_tx.send(Err(e));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let stop = m.stop.clone();
+            let bound = alces_ops::api::serve(m.config.admin_listen, m.clone(), stop.clone()).await;
+            let serving = bound.is_ok();
+            let _ = bound_tx.send(bound);
+            if serving {
+                stop.cancelled().await;
+            }
+        });
+    })?;
+    bound_rx.await.map_err(|_| std::io::Error::other("the admin API thread ended before it listened"))?
 }
 
 #[cfg(test)]
