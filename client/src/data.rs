@@ -282,7 +282,7 @@ impl DataPath {
                 Err(e) => {
                     // A full disk stays full: a new chunk's next lease may place it on other
                     // servers, an existing chunk's keeps its servers. One more try, then ENOSPC.
-                    if let ChainFailure::NoSpace(_) = e {
+                    if let ChainFailure::NoSpace = e {
                         no_space += 1;
                         if no_space == NO_SPACE_TRIES {
                             tracing::error!(inode = %inode, index, error = %e, "write failed");
@@ -350,11 +350,12 @@ impl DataPath {
             if let Err(e) = writer.flush().await {
                 return Err(send_failure(e, &mut reader).await);
             }
-            match chain_reply(&mut reader).await? {
+            let reply = chain_reply(&mut reader).await?;
+            if let Some(failure) = reported_failure(&reply) {
+                return Err(failure);
+            }
+            match reply {
                 DataReply::WriteReady if !ready => ready = true,
-                DataReply::WriteFailed { error: DataError::NoSpace, .. } | DataReply::Error(DataError::NoSpace) => {
-                    return Err(ChainFailure::NoSpace(head.addr.clone()))
-                }
                 other if !ready => return Err(format!("chain refused the write: {other:?}").into()),
                 DataReply::WriteDone { id } if id == acked && acked < total => acked += 1,
                 DataReply::WriteFinished { id } if id == total && acked == total => break,
@@ -381,14 +382,21 @@ async fn failure_in_replies(reader: &mut FrameReader) -> Option<ChainFailure> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     loop {
         let reply = tokio::time::timeout_at(deadline, reader.expect::<DataReply>()).await.ok()?.ok()?;
-        match reply {
-            DataReply::WriteFailed { error: DataError::NoSpace, .. } | DataReply::Error(DataError::NoSpace) => {
-                return Some(ChainFailure::NoSpace("the chain".into()))
-            }
-            DataReply::WriteFailed { id, error } => return Some(format!("piece {id}: {error}").into()),
-            DataReply::Error(error) => return Some(format!("chain refused the write: {error}").into()),
-            _ => {}
+        if let Some(failure) = reported_failure(&reply) {
+            return Some(failure);
         }
+    }
+}
+
+/// The failure an answer of the chain's head reports, if it reports one.
+fn reported_failure(reply: &DataReply) -> Option<ChainFailure> {
+    match reply {
+        DataReply::WriteFailed { error: DataError::NoSpace, .. } | DataReply::Error(DataError::NoSpace) => {
+            Some(ChainFailure::NoSpace)
+        }
+        DataReply::WriteFailed { id, error } => Some(format!("piece {id}: {error}").into()),
+        DataReply::Error(error) => Some(format!("chain refused the write: {error}").into()),
+        _ => None,
     }
 }
 
@@ -403,9 +411,9 @@ async fn chain_reply(reader: &mut FrameReader) -> Result<DataReply, String> {
 /// Why a chained write failed.
 #[derive(Debug, thiserror::Error)]
 enum ChainFailure {
-    /// A server of the chain (whose head is named) has no room left for the write.
-    #[error("no space left on a server of the chain headed by {0}")]
-    NoSpace(String),
+    /// A server of the chain has no room left for the write.
+    #[error("no space left on a server of the chain")]
+    NoSpace,
     #[error("{0}")]
     Other(String),
 }
