@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
-use alces_config::{parse_size, ConfigError, Key, Settings};
+use alces_config::{parse_size, parse_threads, ConfigError, Key, Settings};
 use alces_proto::types::ChunkserverId;
 use alces_proto::Secret;
 
@@ -37,6 +37,11 @@ pub static KEYS: &[Key] = &[
         default: Some("16MiB"),
         help: "bytes per second the scrubber reads to check CRCs (0: off)",
     },
+    Key {
+        name: "WORKER_THREADS",
+        default: Some("1"),
+        help: "threads that run the network work (MooseFS's chunkserver has one network thread by default too); reads and writes of the disks run on a pool of threads of their own either way",
+    },
 ];
 
 #[derive(Debug, Clone)]
@@ -50,6 +55,8 @@ pub struct CsConfig {
     pub label: String,
     pub secret: Secret,
     pub scrub_rate: u64,
+    /// WORKER_THREADS: 1 for a single-threaded runtime.
+    pub worker_threads: usize,
 }
 
 impl CsConfig {
@@ -100,6 +107,7 @@ impl CsConfig {
             label: s.get("LABEL")?,
             secret,
             scrub_rate: s.get_with("SCRUB_RATE", parse_size)?,
+            worker_threads: s.get_with("WORKER_THREADS", parse_threads)?,
         })
     }
 }
@@ -151,6 +159,11 @@ mod tests {
         assert_eq!(c.masters, vec!["a:1", "b:2"]);
         assert_eq!(c.data_addr, "127.0.0.1:9422");
         assert_eq!(c.scrub_rate, 16 << 20);
+        assert_eq!(c.worker_threads, 1);
+        let mut t = s.clone();
+        t.apply_text(std::path::Path::new("cs.cfg"), "\n\n\nWORKER_THREADS = 0\n").unwrap();
+        let e = CsConfig::from_settings(&t).unwrap_err().to_string();
+        assert!(e.starts_with("cs.cfg:4: WORKER_THREADS") && e.contains("1 to 1024"), "{e}");
         s.apply_text(std::path::Path::new("cs.cfg"), "\nMASTERS = nowhere\n").unwrap();
         let e = CsConfig::from_settings(&s).unwrap_err().to_string();
         assert!(e.starts_with("cs.cfg:2: MASTERS"), "{e}");

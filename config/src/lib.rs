@@ -219,6 +219,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// Parses a `WORKER_THREADS` value: a number of threads from 1 to 1024.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err("must be a number of threads from 1 to 1024".into()),
+    }
+}
+
 /// Sets up logging for a binary: human-readable lines on stderr, filtered by `RUST_LOG`
 /// (default: `info` for Alces, warnings for libraries).
 pub fn init_logging() {

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use alces_config::{parse_size, ConfigError, Key, Settings};
+use alces_config::{parse_size, parse_threads, ConfigError, Key, Settings};
 use alces_proto::types::{Goal, TrashTime};
 use alces_proto::Secret;
 use alces_raft_store::{Member, NodeId};
@@ -198,10 +198,7 @@ impl MasterConfig {
             })?,
             snapshot_every: s.get_with("SNAPSHOT_EVERY", parse_size)?,
             keep_logs: s.get("KEEP_LOGS")?,
-            worker_threads: s.get_with("WORKER_THREADS", |v| match v.parse::<usize>() {
-                Ok(n) if (1..=1024).contains(&n) => Ok(n),
-                _ => Err("must be a number of threads from 1 to 1024".into()),
-            })?,
+            worker_threads: s.get_with("WORKER_THREADS", parse_threads)?,
             unsafe_no_wal: s.get_with("TEST_UNSAFE_DISABLE_WAL", |v| match v {
                 "0" => Ok(false),
                 "1" => Ok(true),

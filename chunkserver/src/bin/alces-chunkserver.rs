@@ -31,7 +31,14 @@ fn main() -> Result<()> {
     alces_config::init_logging();
     let settings = Settings::from_matches(KEYS, &matches, Some(Path::new(DEFAULT_FILE)))?;
     let cfg = CsConfig::from_settings(&settings)?;
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cfg))
+    // One network thread by default, as MooseFS's chunkserver: a chained write or a read is a
+    // chain of short steps between sockets and the disk threads, and handing each step to
+    // another thread cost more than the step.
+    let rt = match cfg.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+    };
+    rt.block_on(run(cfg))
 }
 
 async fn run(cfg: CsConfig) -> Result<()> {
