@@ -8,16 +8,21 @@
 # Alces/MooseFS and Alces/local, then the failover stall of an Alces client over repeated
 # leader kills. Everything is stopped at the end, also on failure.
 #
-# Usage: bench/run.sh [--quick] [--kills N] [WORKDIR]   (default WORKDIR: ./alces-bench)
+# With --mfs-fsync, MooseFS runs a second time with HDD_FSYNC_BEFORE_CLOSE = 1 (its
+# chunkservers then sync a chunk before closing it, as Alces's always do) and the table gets
+# a column for it.
+#
+# Usage: bench/run.sh [--quick] [--kills N] [--mfs-fsync] [WORKDIR]   (default WORKDIR: ./alces-bench)
 # The JSON figures are kept in WORKDIR/results.jsonl; the clusters' data is removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-QUICK=""; KILLS=12
+QUICK=""; KILLS=12; MFS_FSYNC=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=--quick; shift ;;
     --kills) KILLS=$2; shift 2 ;;
+    --mfs-fsync) MFS_FSYNC=1; shift ;;
     *) break ;;
   esac
 done
@@ -50,6 +55,14 @@ for target in "alces:$WORK/alces-mnt" "moosefs:$WORK/mfs-mnt" "local:$WORK/local
 done
 "$BIN/alces-cluster" down --dir "$WORK/alces" >/dev/null
 "$ROOT/bench/moosefs-down.sh" "$WORK/mfs" "$WORK/mfs-mnt" --netns >/dev/null
+if [ -n "$MFS_FSYNC" ]; then
+  rm -rf "$WORK/mfs"
+  MFS_CHUNKSERVER_OPTIONS="HDD_FSYNC_BEFORE_CLOSE = 1" "$ROOT/bench/moosefs-up.sh" "$WORK/mfs" "$WORK/mfs-mnt" 3
+  mfssetgoal -r 2 "$WORK/mfs-mnt" >/dev/null
+  echo "== moosefs with HDD_FSYNC_BEFORE_CLOSE = 1 ($WORK/mfs-mnt)" >&2
+  python3 "$ROOT/bench/fsbench.py" "$WORK/mfs-mnt" --label moosefs-fsync $QUICK | tee -a "$WORK/results.jsonl"
+  "$ROOT/bench/moosefs-down.sh" "$WORK/mfs" "$WORK/mfs-mnt" --netns >/dev/null
+fi
 # The clusters' data (gigabytes) is not needed any more; the figures stay.
 rm -rf "$WORK/alces" "$WORK/mfs" "$WORK/local"
 

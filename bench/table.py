@@ -2,7 +2,8 @@
 """Print the figures of bench/run.sh as one table with the ratios Alces/MooseFS and Alces/local.
 
 Usage: table.py RESULTS.jsonl [--markdown]
-RESULTS.jsonl holds one fsbench.py line per folder, labelled alces, moosefs and local.
+RESULTS.jsonl holds one fsbench.py line per folder, labelled alces, moosefs and local, and
+optionally moosefs-fsync (MooseFS with HDD_FSYNC_BEFORE_CLOSE = 1), which adds two columns.
 """
 import json
 import sys
@@ -44,12 +45,19 @@ def main():
                 r = json.loads(line)
                 results[r["label"]] = r
     markdown = "--markdown" in sys.argv
+    synced = "moosefs-fsync" in results
     head = ["workload", "Alces", "MooseFS", "local", "Alces/MooseFS", "Alces/local"]
+    if synced:
+        head += ["MooseFS, fsync before close", "Alces/MooseFS with fsync"]
     rows = []
+    fmt = lambda v: "-" if v is None else f"{v:g}"
     for name, path in ROWS:
         a, m, l = (get(results.get(k, {}), path) for k in ("alces", "moosefs", "local"))
-        fmt = lambda v: "-" if v is None else f"{v:g}"
-        rows.append([name, fmt(a), fmt(m), fmt(l), ratio(a, m), ratio(a, l)])
+        row = [name, fmt(a), fmt(m), fmt(l), ratio(a, m), ratio(a, l)]
+        if synced:
+            s = get(results["moosefs-fsync"], path)
+            row += [fmt(s), ratio(a, s)]
+        rows.append(row)
     if markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
