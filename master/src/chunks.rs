@@ -455,7 +455,11 @@ impl Master {
     }
 
     /// The servers with a copy of `chunk` at `version` that count (connected), and the
-    /// servers new copies could go to, as many as the goal lacks.
+    /// servers new copies could go to, as many as the goal lacks. A server holding only a
+    /// stale copy (an older version) can take one: the fetched copy replaces it. Left out,
+    /// the stale copies of a chunk written without pause (the replication manager, which
+    /// deletes them, leaves leased chunks alone) took every spare server in turn, and the
+    /// chunk stayed at one copy.
     fn copies_and_places(
         &self,
         chunk: ChunkId,
@@ -466,7 +470,8 @@ impl Master {
         if copies.is_empty() || copies.len() >= goal {
             return (copies, Vec::new());
         }
-        let holding: Vec<_> = self.topology.replicas(chunk).iter().map(|r| r.server).collect();
+        let holding: Vec<_> =
+            self.topology.replicas(chunk).iter().filter(|r| r.version >= version).map(|r| r.server).collect();
         let places = self.topology.place(goal - copies.len(), &holding);
         (copies, places)
     }

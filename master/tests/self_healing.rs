@@ -469,6 +469,56 @@ async fn a_chunk_written_without_pause_gets_back_to_its_goal() -> Result<()> {
     check_replicas(&env, &[&file], &survivors).await
 }
 
+/// A server holding only a stale copy of a chunk written without pause can take a fresh
+/// one. Found by a one-hour fault-injection run: the stale copies (left by servers that were
+/// down at a version change) are deleted by the replication manager, which leaves leased
+/// chunks alone, so they took every spare server in turn and the chunk stayed at one copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_copy_does_not_keep_its_server_from_a_fresh_one() -> Result<()> {
+    let mut env = start(3, 2, &[]).await?;
+    let mut file = env.write_file("stale", 10, &[(0, 100_000)]).await?;
+    let all = env.chunkserver_ids();
+    wait_placement(&env, &[&file], 2, &all, "2 copies of the chunk").await?;
+    let first = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+    let holders: Vec<u64> = first.copies.iter().filter(|(_, valid)| *valid).map(|(l, _)| l.id.0).collect();
+    ensure!(holders.len() == 2, "a new chunk: {:?}", first.copies);
+    let (old, keeper) = (holders[0], holders[1]);
+    let spare = *all.iter().find(|c| !holders.contains(c)).context("a server without a copy")?;
+    // `old` misses a version change: its copy comes back stale, and the spare took one.
+    env.kill(old, Signal::SIGKILL)?;
+    let mut offset = 200_000u64;
+    env.write_piece(&mut file, offset, pseudo_random_bytes(offset, 4096)).await?;
+    offset += 4096;
+    env.restart(&[old])?;
+    let mut writes = 0;
+    loop {
+        env.write_piece(&mut file, offset, pseudo_random_bytes(offset, 4096)).await?;
+        (offset, writes) = (offset + 4096, writes + 1);
+        let c = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+        if c.copies.iter().any(|(l, valid)| l.id.0 == old && !*valid) {
+            break;
+        }
+        ensure!(writes < 1000, "the restarted server's stale copy never showed: {:?}", c.copies);
+    }
+    // Now the copy on `keeper` goes too: the one server left for a second copy is `old`.
+    env.kill(keeper, Signal::SIGKILL)?;
+    let deadline = Instant::now() + HEAL;
+    loop {
+        env.write_piece(&mut file, offset, pseudo_random_bytes(offset, 4096)).await?;
+        (offset, writes) = (offset + 4096, writes + 1);
+        let c = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+        let valid: Vec<u64> = c.copies.iter().filter(|(l, v)| *v && l.id.0 != keeper).map(|(l, _)| l.id.0).collect();
+        if valid.len() == 2 {
+            eprintln!("2 valid copies again after {writes} writes without pause");
+            break;
+        }
+        let more = Instant::now() < deadline && offset + 4096 <= CHUNK_SIZE;
+        ensure!(more, "{writes} writes without pause, still valid copies on {valid:?} only: {:?}", c.copies);
+    }
+    env.check_contents(&[&file]).await?;
+    check_replicas(&env, &[&file], &[old, spare]).await
+}
+
 /// A lease that cannot add the missing copy (the server chosen for it stops answering) still
 /// gives the writer its lease on the copies there are, and the copy comes later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
