@@ -449,24 +449,30 @@ async fn a_chunk_written_without_pause_gets_back_to_its_goal() -> Result<()> {
     let victim = first.copies.iter().find(|(_, valid)| *valid).map(|(l, _)| l.id.0).context("a valid copy")?;
     env.kill(victim, Signal::SIGKILL)?;
     let survivors: Vec<u64> = all.iter().copied().filter(|&c| c != victim).collect();
-    let deadline = Instant::now() + HEAL;
     // Past a hole after the first piece (`check_contents` reads it as zeros).
-    let (mut offset, mut writes) = (200_000u64, 0);
+    write_until_two_copies(&env, &mut file, 200_000, &survivors).await?;
+    env.check_contents(&[&file]).await?;
+    check_replicas(&env, &[&file], &survivors).await
+}
+
+/// Writes 4 KiB pieces from `offset` on, without pause, until the file's first chunk has 2
+/// valid copies on `live` servers; fails after [`HEAL`] or at the end of the chunk.
+async fn write_until_two_copies(env: &Env, file: &mut TestFile, mut offset: u64, live: &[u64]) -> Result<()> {
+    let deadline = Instant::now() + HEAL;
+    let mut writes = 0;
     loop {
-        env.write_piece(&mut file, offset, pseudo_random_bytes(offset, 4096)).await?;
+        env.write_piece(file, offset, pseudo_random_bytes(offset, 4096)).await?;
         (offset, writes) = (offset + 4096, writes + 1);
-        let c = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+        let c = env.file_info(file).await?.first().cloned().context("the file's chunk")?;
         let valid: Vec<u64> =
-            c.copies.iter().filter(|(l, v)| *v && survivors.contains(&l.id.0)).map(|(l, _)| l.id.0).collect();
+            c.copies.iter().filter(|(l, v)| *v && live.contains(&l.id.0)).map(|(l, _)| l.id.0).collect();
         if valid.len() == 2 {
             eprintln!("2 valid copies again after {writes} writes without pause");
-            break;
+            return Ok(());
         }
         let more = Instant::now() < deadline && offset + 4096 <= CHUNK_SIZE;
         ensure!(more, "{writes} writes without pause, still valid copies on {valid:?} only: {:?}", c.copies);
     }
-    env.check_contents(&[&file]).await?;
-    check_replicas(&env, &[&file], &survivors).await
 }
 
 /// A server holding only a stale copy of a chunk written without pause can take a fresh
@@ -502,19 +508,7 @@ async fn a_stale_copy_does_not_keep_its_server_from_a_fresh_one() -> Result<()> 
     }
     // Now the copy on `keeper` goes too: the one server left for a second copy is `old`.
     env.kill(keeper, Signal::SIGKILL)?;
-    let deadline = Instant::now() + HEAL;
-    loop {
-        env.write_piece(&mut file, offset, pseudo_random_bytes(offset, 4096)).await?;
-        (offset, writes) = (offset + 4096, writes + 1);
-        let c = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
-        let valid: Vec<u64> = c.copies.iter().filter(|(l, v)| *v && l.id.0 != keeper).map(|(l, _)| l.id.0).collect();
-        if valid.len() == 2 {
-            eprintln!("2 valid copies again after {writes} writes without pause");
-            break;
-        }
-        let more = Instant::now() < deadline && offset + 4096 <= CHUNK_SIZE;
-        ensure!(more, "{writes} writes without pause, still valid copies on {valid:?} only: {:?}", c.copies);
-    }
+    write_until_two_copies(&env, &mut file, offset, &[old, spare]).await?;
     env.check_contents(&[&file]).await?;
     check_replicas(&env, &[&file], &[old, spare]).await
 }
