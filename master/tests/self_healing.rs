@@ -171,6 +171,11 @@ impl Env {
         }
     }
 
+    /// The master's view of a file's first chunk.
+    async fn first_chunk(&self, f: &TestFile) -> Result<ChunkReport> {
+        self.file_info(f).await?.first().cloned().context("the file's chunk")
+    }
+
     fn view(&self) -> Result<ClusterView> {
         tokio::task::block_in_place(|| self.cluster.view()).context("no master answers the admin API")
     }
@@ -445,7 +450,7 @@ async fn a_chunk_written_without_pause_gets_back_to_its_goal() -> Result<()> {
     let mut file = env.write_file("busy", 7, &[(0, 100_000)]).await?;
     let all = env.chunkserver_ids();
     wait_placement(&env, &[&file], 2, &all, "2 copies of the chunk").await?;
-    let first = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+    let first = env.first_chunk(&file).await?;
     let victim = first.copies.iter().find(|(_, valid)| *valid).map(|(l, _)| l.id.0).context("a valid copy")?;
     env.kill(victim, Signal::SIGKILL)?;
     let survivors: Vec<u64> = all.iter().copied().filter(|&c| c != victim).collect();
@@ -463,7 +468,7 @@ async fn write_until_two_copies(env: &Env, file: &mut TestFile, mut offset: u64,
     loop {
         env.write_piece(file, offset, pseudo_random_bytes(offset, 4096)).await?;
         (offset, writes) = (offset + 4096, writes + 1);
-        let c = env.file_info(file).await?.first().cloned().context("the file's chunk")?;
+        let c = env.first_chunk(file).await?;
         let valid: Vec<u64> =
             c.copies.iter().filter(|(l, v)| *v && live.contains(&l.id.0)).map(|(l, _)| l.id.0).collect();
         if valid.len() == 2 {
@@ -485,7 +490,7 @@ async fn a_stale_copy_does_not_keep_its_server_from_a_fresh_one() -> Result<()> 
     let mut file = env.write_file("stale", 10, &[(0, 100_000)]).await?;
     let all = env.chunkserver_ids();
     wait_placement(&env, &[&file], 2, &all, "2 copies of the chunk").await?;
-    let first = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+    let first = env.first_chunk(&file).await?;
     let holders: Vec<u64> = first.copies.iter().filter(|(_, valid)| *valid).map(|(l, _)| l.id.0).collect();
     ensure!(holders.len() == 2, "a new chunk: {:?}", first.copies);
     let (old, keeper) = (holders[0], holders[1]);
@@ -500,7 +505,7 @@ async fn a_stale_copy_does_not_keep_its_server_from_a_fresh_one() -> Result<()> 
     loop {
         env.write_piece(&mut file, offset, pseudo_random_bytes(offset, 4096)).await?;
         (offset, writes) = (offset + 4096, writes + 1);
-        let c = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+        let c = env.first_chunk(&file).await?;
         if c.copies.iter().any(|(l, valid)| l.id.0 == old && !*valid) {
             break;
         }
@@ -520,7 +525,7 @@ async fn a_lease_whose_new_copy_fails_still_lets_the_writer_write() -> Result<()
     let mut env = start(3, 2, &[]).await?;
     let mut file = env.write_file("hurt", 9, &[(0, 100_000)]).await?;
     let all = env.chunkserver_ids();
-    let first = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+    let first = env.first_chunk(&file).await?;
     let holders: Vec<u64> = first.copies.iter().filter(|(_, valid)| *valid).map(|(l, _)| l.id.0).collect();
     ensure!(holders.len() == 2, "a new chunk: {:?}", first.copies);
     let spare = *all.iter().find(|c| !holders.contains(c)).context("a server without a copy")?;
@@ -532,7 +537,7 @@ async fn a_lease_whose_new_copy_fails_still_lets_the_writer_write() -> Result<()
     let written = env.write_piece(&mut file, 200_000, pseudo_random_bytes(200_000, 4096)).await;
     nix::sys::signal::kill(spare_pid, Signal::SIGCONT)?;
     written?;
-    let c = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+    let c = env.first_chunk(&file).await?;
     let valid: Vec<u64> = c.copies.iter().filter(|(_, v)| *v).map(|(l, _)| l.id.0).collect();
     ensure!(valid == [holders[1]], "after the write, valid copies on {valid:?}: {:?}", c.copies);
     env.check_contents(&[&file]).await?;
@@ -550,7 +555,7 @@ async fn a_write_right_after_a_master_restart_keeps_copies_not_reported_yet() ->
     let mut env = start_delayed(3, 2, &[], None, 300).await?;
     let mut file = env.write_file("early", 8, &[(0, 100_000)]).await?;
     let all = env.chunkserver_ids();
-    let first = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+    let first = env.first_chunk(&file).await?;
     ensure!(first.copies.iter().filter(|(_, valid)| *valid).count() == 2, "a new chunk: {:?}", first.copies);
     let late = first.copies.iter().find(|(_, valid)| *valid).map(|(l, _)| l.id.0).context("a valid copy")?;
     // The late server is paused, so it cannot connect to the new master process until resumed.
@@ -569,7 +574,7 @@ async fn a_write_right_after_a_master_restart_keeps_copies_not_reported_yet() ->
     env.write_piece(&mut file, 200_000, pseudo_random_bytes(200_000, 4096)).await?;
     resume.await??;
     settle("the late chunkserver's copy in the master's view", HEAL, || async {
-        let c = env.file_info(&file).await?.first().cloned().context("the file's chunk")?;
+        let c = env.first_chunk(&file).await?;
         match c.copies.iter().find(|(l, _)| l.id.0 == late) {
             Some((_, true)) => Ok(None),
             Some((_, false)) => bail!("the late chunkserver's copy was left stale: {:?}", c.copies),

@@ -111,6 +111,8 @@ fn run(dir: &Path, replicate: bool, sync: bool) -> Result<Histogram<u64>> {
             peers.push(conn);
         }
     }
+    // With both answer readers gone (the followers failed), waiting for an answer fails.
+    drop(acks_tx);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
     let mut record = [0x5au8; RECORD];
     let start = Instant::now();
