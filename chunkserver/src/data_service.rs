@@ -18,7 +18,7 @@ use std::time::Duration;
 use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, WritePiece, MAX_READ};
 use alces_proto::link::cs_cs::{forward_parts, write_piece, PeerDataReply, PeerDataRequest};
 use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, ChunkserverId};
-use alces_proto::{codec, Connection, FrameError, Handshake, IdlePool, LinkKind, Secret};
+use alces_proto::{codec, Connection, FrameError, Handshake, IdlePool, LinkKind, OutFrame, Secret};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -37,6 +37,18 @@ const WINDOW: usize = 256;
 enum Out {
     Client(DataReply),
     Peer(PeerDataReply),
+    /// A client's read: sent from the buffer it was read into (see [`Out::frame`]).
+    #[serde(skip)]
+    ClientData(Bytes),
+}
+
+impl Out {
+    fn frame(self) -> OutFrame<Out> {
+        match self {
+            Out::ClientData(data) => OutFrame::Parts(vec![DataReply::data_header(data.len()).into(), data]),
+            other => OutFrame::Message(other),
+        }
+    }
 }
 
 fn wrap(peer: bool, r: DataReply) -> Out {
@@ -96,7 +108,7 @@ async fn connection(store: Arc<Store>, cfg: DataConfig, stream: tokio::net::TcpS
     };
     let (mut reader, writer) = conn.split();
     let (tx, rx) = mpsc::unbounded_channel::<Out>();
-    let write_task = tokio::spawn(writer.pump(rx));
+    let write_task = tokio::spawn(writer.pump_frames(rx, Out::frame));
     let mut incoming = Incoming { reader: &mut reader, peer, addr };
     loop {
         let req = match incoming.next().await {
@@ -111,14 +123,15 @@ async fn connection(store: Arc<Store>, cfg: DataConfig, stream: tokio::net::TcpS
         let keep_going = match req {
             PeerDataRequest::Chain(DataRequest::Read { chunk, version, offset, len }) => {
                 let reply = if len > MAX_READ {
-                    DataReply::Error(DataError::Range)
+                    wrap(peer, DataReply::Error(DataError::Range))
                 } else {
                     match store.read(chunk, version, offset, len).await {
-                        Ok(data) => DataReply::Data(data),
-                        Err(e) => DataReply::Error(e),
+                        Ok(data) if !peer => Out::ClientData(data),
+                        Ok(data) => wrap(peer, DataReply::Data(data.into())),
+                        Err(e) => wrap(peer, DataReply::Error(e)),
                     }
                 };
-                tx.send(wrap(peer, reply)).is_ok()
+                tx.send(reply).is_ok()
             }
             PeerDataRequest::Chain(DataRequest::WriteStart { chunk, version, chain }) => {
                 write_session(&store, &cfg, &mut incoming, &tx, chunk, version, chain).await
@@ -137,7 +150,7 @@ async fn connection(store: Arc<Store>, cfg: DataConfig, stream: tokio::net::TcpS
             }
             PeerDataRequest::Fetch { chunk, version, offset, len } if peer && len <= MAX_READ => {
                 let reply = match store.read(chunk, version, offset, len).await {
-                    Ok(data) => PeerDataReply::Data(data),
+                    Ok(data) => PeerDataReply::Data(data.into()),
                     Err(e) => PeerDataReply::Error(e),
                 };
                 tx.send(Out::Peer(reply)).is_ok()

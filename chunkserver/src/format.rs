@@ -18,9 +18,10 @@
 //!
 //! Runs of whole data blocks are written, and reads of 1 MiB or more read, with `O_DIRECT`
 //! where the file system allows it (blocks are 64 KiB at 4 KiB-aligned offsets): the bytes go
-//! between one reused aligned buffer and the disk without a copy in the page cache, so a
-//! chunkserver spends far less CPU per byte and a later `fsync` has no dirty data left to write
-//! back. Small reads, writes that patch part of a block and the header go through the page
+//! between aligned buffers and the disk without a copy in the page cache, so a chunkserver
+//! spends far less CPU per byte and a later `fsync` has no dirty data left to write back. A
+//! large read's buffer is also what the data service sends from, and it goes back to a pool
+//! when sent. Small reads, writes that patch part of a block and the header go through the page
 //! cache, where neighbouring small requests find their blocks; the kernel keeps the two views
 //! coherent (a direct write drops the cached pages it covers, a direct read writes back dirty
 //! ones first). A file system that refuses `O_DIRECT` gets the page cache for everything.
@@ -30,7 +31,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+
+use bytes::Bytes;
 
 use alces_proto::types::{ChunkId, ChunkVersion, BLOCKS_PER_CHUNK, BLOCK_SIZE, CHUNK_SIZE};
 
@@ -77,9 +80,46 @@ impl AlignedBuf {
 thread_local! {
     /// Where a run of blocks is assembled before it is written: one per (blocking) thread.
     static RUN: std::cell::RefCell<AlignedBuf> = std::cell::RefCell::new(AlignedBuf::new(RUN_BLOCKS as usize * BLOCK));
-    /// Where a large read lands before its CRCs are checked: one per (blocking) thread, grown
-    /// to the largest read seen.
-    static READ: std::cell::RefCell<AlignedBuf> = std::cell::RefCell::new(AlignedBuf::new(0));
+}
+
+/// Buffers of large reads given back (see [`PooledRead`]), at most [`READ_POOL_MAX`].
+static READ_POOL: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
+const READ_POOL_MAX: usize = 16;
+
+/// The bytes of a large read, in the aligned buffer the disk filled: what [`ChunkFile::read`]
+/// returns (as `Bytes`) and a server sends from, without a copy. The buffer goes back to the
+/// pool when the last `Bytes` of it is dropped, so that the next read neither allocates nor
+/// clears one.
+struct PooledRead {
+    buf: AlignedBuf,
+    used: usize,
+}
+
+impl PooledRead {
+    /// A buffer of at least `len` bytes (its contents are whatever the last read left).
+    fn take(len: usize) -> PooledRead {
+        let reused = {
+            let mut pool = READ_POOL.lock().unwrap_or_else(|e| e.into_inner());
+            pool.iter().position(|b| b.len >= len).map(|i| pool.swap_remove(i))
+        };
+        PooledRead { buf: reused.unwrap_or_else(|| AlignedBuf::new(len)), used: len }
+    }
+}
+
+impl AsRef<[u8]> for PooledRead {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf.raw[self.buf.start..self.buf.start + self.used]
+    }
+}
+
+impl Drop for PooledRead {
+    fn drop(&mut self) {
+        let buf = std::mem::replace(&mut self.buf, AlignedBuf { raw: Vec::new(), start: 0, len: 0 });
+        let mut pool = READ_POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < READ_POOL_MAX {
+            pool.push(buf);
+        }
+    }
 }
 
 /// Reads of at least this many bytes bypass the page cache (a sequential reader's windows);
@@ -269,32 +309,38 @@ impl ChunkFile {
     }
 
     /// Reads `len` bytes at `offset`; holes and bytes past the end read as zeros. The blocks
-    /// are read with one positioned read and their CRCs checked in place.
-    pub fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
+    /// are read with one positioned read and their CRCs checked in place; the bytes returned
+    /// are a slice of the buffer they were read into.
+    pub fn read(&self, offset: u64, len: u32) -> Result<Bytes> {
         Self::check_range(offset, len as u64)?;
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let end = offset + len as u64;
         let (first, last) = ((offset / BLOCK_SIZE) as u32, ((end - 1) / BLOCK_SIZE) as u32);
-        let mut buf = vec![0u8; (last - first + 1) as usize * BLOCK];
-        let stored = self.blocks.min(last + 1).saturating_sub(first);
-        if stored > 0 {
-            let bytes = stored as usize * BLOCK;
-            self.read_blocks(&mut buf[..bytes], DATA_OFFSET + first as u64 * BLOCK_SIZE)?;
-            for (i, block) in buf[..bytes].chunks_exact(BLOCK).enumerate() {
-                let b = first + i as u32;
-                if crc32fast::hash(block) != self.crcs[b as usize] {
-                    return Err(ChunkError::Crc { block: b });
-                }
+        let span = (last - first + 1) as usize * BLOCK;
+        let stored = self.blocks.min(last + 1).saturating_sub(first) as usize * BLOCK;
+        let at = DATA_OFFSET + first as u64 * BLOCK_SIZE;
+        let buf = if span >= DIRECT_READ_MIN {
+            let mut pooled = PooledRead::take(span);
+            let aligned = pooled.buf.is_aligned();
+            let buf = pooled.buf.get_mut(span);
+            self.read_large(&mut buf[..stored], at, aligned)?;
+            buf[stored..].fill(0);
+            Bytes::from_owner(pooled)
+        } else {
+            let mut buf = vec![0u8; span];
+            self.file.read_exact_at(&mut buf[..stored], at)?;
+            Bytes::from(buf)
+        };
+        for (i, block) in buf[..stored].chunks_exact(BLOCK).enumerate() {
+            let b = first + i as u32;
+            if crc32fast::hash(block) != self.crcs[b as usize] {
+                return Err(ChunkError::Crc { block: b });
             }
         }
         let skip = (offset - first as u64 * BLOCK_SIZE) as usize;
-        if skip > 0 {
-            buf.drain(..skip);
-        }
-        buf.truncate(len as usize);
-        Ok(buf)
+        Ok(buf.slice(skip..skip + len as usize))
     }
 
     /// Grows the file with zero blocks so that block `b` exists.
@@ -366,25 +412,11 @@ impl ChunkFile {
         Ok(())
     }
 
-    /// Fills `out` from file offset `at`: large reads directly from the disk where the file
-    /// system allows it, the others through the page cache.
-    fn read_blocks(&self, out: &mut [u8], at: u64) -> Result<()> {
-        if out.len() >= DIRECT_READ_MIN {
-            let done = READ.with(|cell| {
-                let mut aligned = cell.borrow_mut();
-                if aligned.len < out.len() {
-                    *aligned = AlignedBuf::new(out.len());
-                }
-                let is_aligned = aligned.is_aligned();
-                let buf = aligned.get_mut(out.len());
-                let Some(file) = self.direct_file(is_aligned) else { return Ok(false) };
-                if self.or_buffered(file.read_exact_at(buf, at).map(|_| true), || Ok(false))? {
-                    out.copy_from_slice(buf);
-                    return Ok(true);
-                }
-                Ok::<_, ChunkError>(false)
-            })?;
-            if done {
+    /// Fills `out` from file offset `at`, directly from the disk where the file system allows
+    /// it (`aligned` says whether `out` is aligned for that), otherwise through the page cache.
+    fn read_large(&self, out: &mut [u8], at: u64, aligned: bool) -> Result<()> {
+        if let Some(file) = self.direct_file(aligned) {
+            if self.or_buffered(file.read_exact_at(out, at).map(|_| true), || Ok(false))? {
                 return Ok(());
             }
         }
@@ -617,6 +649,29 @@ mod tests {
     }
 
     #[test]
+    fn a_large_read_past_the_data_reads_zeros_in_a_reused_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = new_chunk(dir.path());
+        let data = pattern(5, 2 << 20);
+        c.write(0, &data).unwrap();
+        // Large reads leave their bytes in pooled buffers, given back as they are dropped.
+        for _ in 0..READ_POOL_MAX + 1 {
+            assert_eq!(c.read(0, 1 << 20).unwrap(), data[..1 << 20]);
+        }
+        let held: Vec<Bytes> = (0..4).map(|_| c.read(1 << 20, 1 << 20).unwrap()).collect();
+        c.truncate(3 * BLOCK as u64).unwrap();
+        // A reused buffer still holds old bytes where this read finds no blocks.
+        let got = c.read(1000, 1 << 20).unwrap();
+        assert_eq!(got.len(), 1 << 20);
+        assert_eq!(got[..3 * BLOCK - 1000], data[1000..3 * BLOCK]);
+        assert!(got[3 * BLOCK - 1000..].iter().all(|&b| b == 0), "past the data: zeros");
+        // Bytes still held are not overwritten by later reads.
+        for h in held {
+            assert_eq!(h, data[1 << 20..]);
+        }
+    }
+
+    #[test]
     fn a_new_file_and_its_name_are_synced_by_its_first_sync() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = new_chunk(dir.path());
@@ -711,7 +766,7 @@ mod tests {
         assert_eq!(reopened.version(), ChunkVersion(2));
         let copy_path = dir.path().join("chunk_0000000000000099_00000001.mfs");
         let copy = reopened.copy_to(&copy_path, ChunkId(0x99), ChunkVersion(1)).unwrap();
-        assert_eq!(copy.read(100, 4).unwrap(), b"data");
+        assert_eq!(copy.read(100, 4).unwrap(), &b"data"[..]);
         assert_eq!(ChunkFile::open(&copy_path).unwrap().id(), ChunkId(0x99));
     }
 

@@ -234,7 +234,7 @@ impl Store {
         let _ = self.events.send(StoreEvent::Damaged(id, version));
     }
 
-    pub async fn read(&self, id: ChunkId, version: ChunkVersion, offset: u32, len: u32) -> Result<Vec<u8>, DataError> {
+    pub async fn read(&self, id: ChunkId, version: ChunkVersion, offset: u32, len: u32) -> Result<Bytes, DataError> {
         if offset as u64 + len as u64 > CHUNK_SIZE {
             return Err(DataError::Range);
         }

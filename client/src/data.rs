@@ -12,10 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, DataRequestRef, MAX_READ, MAX_WRITE};
+use alces_proto::link::client_cs::{
+    DataError, DataReply, DataReplyFrame, DataRequest, DataRequestRef, MAX_READ, MAX_WRITE,
+};
 use alces_proto::link::client_master::{ClientReply, ClientRequest};
 use alces_proto::types::{ChunkId, ChunkLocation, ChunkVersion, Creds, Inode, CHUNK_SIZE};
 use alces_proto::{Connection, FrameReader, Handshake, LinkKind, Status};
+use bytes::{Bytes, BytesMut};
 
 use crate::master_link::{CallError, MasterClient};
 
@@ -42,6 +45,84 @@ pub(crate) struct Located {
     chunk: Option<(ChunkId, ChunkVersion)>,
     locations: Vec<ChunkLocation>,
     at: Instant,
+}
+
+/// Bytes read from replicas, in the pieces they arrived in (slices of the received frames):
+/// most reads are answered with a slice of one piece, without a copy.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl From<Bytes> for Fetched {
+    fn from(b: Bytes) -> Fetched {
+        let mut f = Fetched::default();
+        f.push(b);
+        f
+    }
+}
+
+impl Fetched {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.parts.push(b);
+        }
+    }
+
+    fn append(&mut self, other: Fetched) {
+        for b in other.parts {
+            self.push(b);
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        let mut left = len;
+        self.parts.retain_mut(|b| {
+            b.truncate(left);
+            left -= b.len();
+            !b.is_empty()
+        });
+        self.len = self.len.min(len);
+    }
+
+    /// All the bytes, in one piece (a copy if they arrived in several).
+    pub fn to_bytes(&self) -> Bytes {
+        self.slice(0, self.len)
+    }
+
+    /// Up to `len` bytes from `at` (fewer past the end): a slice of one piece when they lie
+    /// in one, otherwise a copy of the pieces they span.
+    pub fn slice(&self, at: usize, len: usize) -> Bytes {
+        let end = (at + len).min(self.len);
+        let mut start = 0;
+        let mut spanned = Vec::new();
+        for b in &self.parts {
+            let (from, to) = (at.max(start), end.min(start + b.len()));
+            if from < to {
+                spanned.push(b.slice(from - start..to - start));
+            }
+            start += b.len();
+        }
+        match spanned.len() {
+            0 => Bytes::new(),
+            1 => spanned.pop().expect("one piece"),
+            _ => {
+                let mut out = BytesMut::with_capacity(end - at);
+                spanned.iter().for_each(|b| out.extend_from_slice(b));
+                out.freeze()
+            }
+        }
+    }
 }
 
 /// Connections to chunkservers and what is known about chunk locations.
@@ -133,7 +214,7 @@ impl DataPath {
 
     /// Reads up to `len` bytes at `offset` as stored (not beyond the file size the master
     /// knows); returns fewer bytes at the end of the file.
-    pub async fn read(&self, inode: Inode, offset: u64, len: u32) -> Result<Vec<u8>, Status> {
+    pub async fn read(&self, inode: Inode, offset: u64, len: u32) -> Result<Fetched, Status> {
         use futures::StreamExt;
         let end = offset + len as u64;
         let mut pieces = Vec::new();
@@ -149,10 +230,10 @@ impl DataPath {
         let mut parts = futures::stream::iter(pieces.into_iter().enumerate())
             .map(|(i, (pos, want))| self.read_piece(inode, pos, want, i))
             .buffered(READ_PARALLEL);
-        let mut out = Vec::with_capacity(len as usize);
+        let mut out = Fetched::default();
         while let Some(part) = parts.next().await {
             let (data, whole) = part?;
-            out.extend_from_slice(&data);
+            out.append(data);
             if !whole {
                 break;
             }
@@ -162,7 +243,7 @@ impl DataPath {
 
     /// Reads a piece that lies within one chunk, starting with replica `prefer` (modulo their
     /// number); returns the bytes (fewer at the end of the file) and whether it got them all.
-    async fn read_piece(&self, inode: Inode, pos: u64, want: u32, prefer: usize) -> Result<(Vec<u8>, bool), Status> {
+    async fn read_piece(&self, inode: Inode, pos: u64, want: u32, prefer: usize) -> Result<(Fetched, bool), Status> {
         let index = (pos / CHUNK_SIZE) as u32;
         let (mut data, file_size) = self.read_in_chunk(inode, index, (pos % CHUNK_SIZE) as u32, want, prefer).await?;
         data.truncate(file_size.saturating_sub(pos).min(want as u64) as usize);
@@ -178,16 +259,16 @@ impl DataPath {
         offset: u32,
         len: u32,
         prefer: usize,
-    ) -> Result<(Vec<u8>, u64), Status> {
+    ) -> Result<(Fetched, u64), Status> {
         let mut last = Status::Io;
         for attempt in 0..ATTEMPTS {
             let l = self.locate(inode, index, attempt > 0).await?;
             let wanted = (l.file_size.saturating_sub(index as u64 * CHUNK_SIZE + offset as u64)).min(len as u64) as u32;
             let Some((chunk, version)) = l.chunk else {
-                return Ok((vec![0u8; wanted as usize], l.file_size));
+                return Ok((Fetched::from(Bytes::from(vec![0u8; wanted as usize])), l.file_size));
             };
             if wanted == 0 {
-                return Ok((Vec::new(), l.file_size));
+                return Ok((Fetched::default(), l.file_size));
             }
             let n = l.locations.len();
             for loc in (0..n).map(|k| &l.locations[(prefer + k) % n]) {
@@ -217,22 +298,23 @@ impl DataPath {
         version: ChunkVersion,
         offset: u32,
         len: u32,
-    ) -> Result<Vec<u8>, ReadFailure> {
+    ) -> Result<Fetched, ReadFailure> {
         let mut conn = self.connect(&loc.addr).await.map_err(ReadFailure::Unreachable)?;
-        let mut out = Vec::new();
+        let mut out = Fetched::default();
         let mut pos = offset;
         while pos < offset + len {
             let piece = (offset + len - pos).min(MAX_READ);
             let req = DataRequest::Read { chunk, version, offset: pos, len: piece };
-            match conn.call::<_, DataReply>(&req, Duration::from_secs(30)).await {
-                // The common case, one piece, keeps the received buffer.
-                Ok(DataReply::Data(d)) if d.len() == piece as usize && out.is_empty() => out = d,
-                Ok(DataReply::Data(d)) if d.len() == piece as usize => out.extend_from_slice(&d),
-                Ok(DataReply::Error(DataError::Crc { block })) => {
+            let reply = conn.call_frame(&req, Duration::from_secs(30)).await;
+            // The bytes stay in the received frame.
+            match reply.map(|frame| DataReplyFrame::decode(&frame)) {
+                Ok(Ok(DataReplyFrame::Data(d))) if d.len() == piece as usize => out.push(d),
+                Ok(Ok(DataReplyFrame::Other(DataReply::Error(DataError::Crc { block })))) => {
                     return Err(ReadFailure::Bad(format!("CRC error in block {block}")))
                 }
-                Ok(DataReply::Error(e)) => return Err(ReadFailure::Stale(e.to_string())),
-                Ok(other) => return Err(ReadFailure::Unreachable(format!("unexpected {other:?}"))),
+                Ok(Ok(DataReplyFrame::Other(DataReply::Error(e)))) => return Err(ReadFailure::Stale(e.to_string())),
+                Ok(Ok(other)) => return Err(ReadFailure::Unreachable(format!("unexpected {other:?}"))),
+                Ok(Err(e)) => return Err(ReadFailure::Unreachable(format!("undecodable reply: {e}"))),
                 Err(e) => return Err(ReadFailure::Unreachable(e.to_string())),
             }
             pos += piece;
@@ -437,4 +519,42 @@ enum ReadFailure {
     Stale(String),
     /// The server could not be reached.
     Unreachable(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetched(parts: &[&[u8]]) -> Fetched {
+        let mut f = Fetched::default();
+        for p in parts {
+            f.append(Fetched::from(Bytes::copy_from_slice(p)));
+        }
+        f
+    }
+
+    #[test]
+    fn fetched_bytes_are_sliced_without_a_copy_within_a_piece() {
+        let f = fetched(&[b"abcd", b"", b"efgh", b"ij"]);
+        assert_eq!((f.len(), f.parts.len()), (10, 3), "empty pieces are not kept");
+        let within = f.slice(5, 2);
+        assert_eq!(&within[..], b"fg");
+        assert!(f.parts[1].as_ptr_range().contains(&within.as_ptr()), "a slice of the piece");
+        assert_eq!(&f.slice(2, 7)[..], b"cdefghi");
+        assert_eq!(&f.slice(8, 100)[..], b"ij", "fewer past the end");
+        assert!(f.slice(10, 5).is_empty() && f.slice(30, 5).is_empty());
+        assert_eq!(&f.to_bytes()[..], b"abcdefghij");
+    }
+
+    #[test]
+    fn fetched_bytes_are_cut_at_a_length() {
+        let mut f = fetched(&[b"abcd", b"efgh", b"ij"]);
+        f.truncate(6);
+        assert_eq!((f.len(), &f.to_bytes()[..]), (6, &b"abcdef"[..]));
+        assert_eq!(f.parts.len(), 2);
+        f.truncate(100);
+        assert_eq!(f.len(), 6);
+        f.truncate(0);
+        assert!(f.is_empty() && f.parts.is_empty());
+    }
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use alces_proto::link::client_master::{ClientReply, ClientRequest, MAX_RELEASES};
 use alces_proto::types::{Attr, Creds, FileKind, Inode, Name, SetAttr, TimeSet, Timestamp, CHUNK_SIZE};
 use alces_proto::Status;
+use bytes::Bytes;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
@@ -33,7 +34,7 @@ use fuser::{
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-use crate::data::DataPath;
+use crate::data::{DataPath, Fetched};
 use crate::master_link::{CallError, MasterClient};
 use crate::spare::Spare;
 
@@ -178,7 +179,7 @@ enum Handle_ {
 struct Prefetch {
     start: u64,
     len: u64,
-    task: tokio::task::JoinHandle<Result<Vec<u8>, Status>>,
+    task: tokio::task::JoinHandle<Result<Fetched, Status>>,
 }
 
 impl Drop for Prefetch {
@@ -191,7 +192,7 @@ impl Drop for Prefetch {
 /// they are held.
 struct Ahead {
     start: u64,
-    buf: Vec<u8>,
+    buf: Fetched,
     held: Arc<AtomicUsize>,
 }
 
@@ -617,7 +618,7 @@ impl Inner {
     /// Reads through the handle's read-ahead. A sequential reader gets a window of
     /// [`Options::read_ahead`] bytes at a time, and once it is half way through one, the next
     /// window is fetched in the background, so the reader rarely waits for the chunkservers.
-    async fn read(self: &Arc<Self>, h: &Handle_, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    async fn read(self: &Arc<Self>, h: &Handle_, offset: u64, size: u32) -> Result<Bytes, Errno> {
         let Handle_::File { inode, read_ahead, prefetch, last_end, fill, .. } = h else { return Err(Errno::EISDIR) };
         let inode = *inode;
         self.flush(inode).await?;
@@ -656,14 +657,14 @@ impl Inner {
         }
         let data = self.data.read(inode, offset, fetch).await.map_err(errno)?;
         last_end.store(end, Ordering::Relaxed);
-        let out = data[..data.len().min(size as usize)].to_vec();
+        let out = data.slice(0, size as usize);
         if data.len() > size as usize {
             self.install(read_ahead, offset, data);
         }
         Ok(out)
     }
 
-    fn install(&self, read_ahead: &Mutex<Option<Ahead>>, start: u64, buf: Vec<u8>) {
+    fn install(&self, read_ahead: &Mutex<Option<Ahead>>, start: u64, buf: Fetched) {
         self.ahead_bytes.fetch_add(buf.len(), Ordering::Relaxed);
         *read_ahead.lock().expect("read-ahead lock") = Some(Ahead { start, buf, held: self.ahead_bytes.clone() });
     }
@@ -677,7 +678,7 @@ impl Inner {
         inode: Inode,
         offset: u64,
         size: u32,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Bytes> {
         let (out, next) = {
             let guard = read_ahead.lock().expect("read-ahead lock");
             let a = guard.as_ref()?;
@@ -688,7 +689,7 @@ impl Inner {
             let at = (offset - a.start) as usize;
             let full = a.buf.len() >= self.opts.read_ahead;
             let past_half = (end - a.start) * 2 >= a.buf.len() as u64;
-            (a.buf[at..at + size as usize].to_vec(), (full && past_half).then_some(a_end))
+            (a.buf.slice(at, size as usize), (full && past_half).then_some(a_end))
         };
         if let Some(start) = next {
             let mut p = prefetch.lock().expect("prefetch lock");

@@ -417,7 +417,8 @@ async fn verify_files(b: &Bench, after: &Snapshot, before: &BTreeMap<ChunkId, Ve
             let got = data
                 .read(f.inode, i as u64 * CHUNK_SIZE, CHUNK as u32)
                 .await
-                .map_err(|s| anyhow!("reading {} chunk {i}: {s:?}", f.name))?;
+                .map_err(|s| anyhow!("reading {} chunk {i}: {s:?}", f.name))?
+                .to_bytes();
             let crc = crc32fast::hash(&got);
             ensure!(got.len() == CHUNK && crc == b.crcs[f.first + i], "{} chunk {i}: checksum {crc:08x}", f.name);
         }

@@ -118,7 +118,7 @@ async fn garbage_on_every_listener_is_refused_and_the_cluster_keeps_serving() ->
     let data = pseudo_random_bytes(42, 300_000);
     let path = DataPath::new(master.clone());
     path.write_chunk(inode, 0, &[(0, &data)], data.len() as u64).await.map_err(|s| anyhow::anyhow!("write: {s:?}"))?;
-    let back = path.read(inode, 0, data.len() as u32).await.map_err(|s| anyhow::anyhow!("read: {s:?}"))?;
+    let back = path.read(inode, 0, data.len() as u32).await.map_err(|s| anyhow::anyhow!("read: {s:?}"))?.to_bytes();
     ensure!(back == data, "data written after the garbage reads back differently");
     Ok(())
 }

@@ -150,13 +150,18 @@ impl Env {
                 let got = data
                     .read(f.inode, *offset, want.len() as u32)
                     .await
-                    .map_err(|s| anyhow::anyhow!("reading {} at {offset}: {s:?}", f.name))?;
+                    .map_err(|s| anyhow::anyhow!("reading {} at {offset}: {s:?}", f.name))?
+                    .to_bytes();
                 let (g, w) = (crc32fast::hash(&got), crc32fast::hash(want));
                 ensure!(got.len() == want.len() && g == w, "{} at {offset}: checksum {g:08x}, written {w:08x}", f.name);
             }
             if f.pieces.len() > 1 {
                 let (o, d) = &f.pieces[0];
-                let gap = data.read(f.inode, o + d.len() as u64, 4096).await.map_err(|s| anyhow::anyhow!("{s:?}"))?;
+                let gap = data
+                    .read(f.inode, o + d.len() as u64, 4096)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{s:?}"))?
+                    .to_bytes();
                 ensure!(gap == vec![0u8; 4096], "{}: the hole after the first piece is not zeros", f.name);
             }
         }

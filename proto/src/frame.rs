@@ -178,9 +178,10 @@ impl FrameWriter {
         self.flush().await
     }
 
-    /// Writes one frame whose payload is `parts` one after the other (already encoded, for
-    /// example a received frame passed on), without copying them, and flushes it.
-    pub async fn send_parts(&mut self, parts: Vec<Bytes>) -> Result<(), FrameError> {
+    /// Queues one frame whose payload is `parts` one after the other (already encoded, for
+    /// example a received frame passed on, or a header and the bytes it announces), without
+    /// copying them; call [`FrameWriter::flush`] after a batch.
+    pub async fn feed_parts(&mut self, parts: Vec<Bytes>) -> Result<(), FrameError> {
         let len: usize = parts.iter().map(Bytes::len).sum();
         if len > self.max_frame {
             return Err(FrameError::TooLarge { len, limit: self.max_frame });
@@ -189,20 +190,39 @@ impl FrameWriter {
         for part in parts {
             self.push(part).await?;
         }
+        Ok(())
+    }
+
+    /// [`FrameWriter::feed_parts`], then a flush.
+    pub async fn send_parts(&mut self, parts: Vec<Bytes>) -> Result<(), FrameError> {
+        self.feed_parts(parts).await?;
         self.flush().await
     }
 
     /// Sends every message that arrives on `rx` until it closes or the connection fails;
     /// whatever is queued meanwhile goes out with one flush.
-    pub async fn pump<T: Serialize>(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) {
+    pub async fn pump<T: Serialize>(self, rx: tokio::sync::mpsc::UnboundedReceiver<T>) {
+        self.pump_frames(rx, OutFrame::Message).await
+    }
+
+    /// Like [`FrameWriter::pump`], with `frame` telling for each value whether it is a message
+    /// to encode or a payload already in parts (see [`FrameWriter::feed_parts`]).
+    pub async fn pump_frames<T, M: Serialize>(
+        mut self,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+        frame: impl Fn(T) -> OutFrame<M>,
+    ) {
         while let Some(first) = rx.recv().await {
-            if self.feed(&first).await.is_err() {
-                return;
-            }
-            while let Ok(more) = rx.try_recv() {
-                if self.feed(&more).await.is_err() {
+            let mut next = Some(first);
+            while let Some(out) = next {
+                let fed = match frame(out) {
+                    OutFrame::Message(m) => self.feed(&m).await,
+                    OutFrame::Parts(parts) => self.feed_parts(parts).await,
+                };
+                if fed.is_err() {
                     return;
                 }
+                next = rx.try_recv().ok();
             }
             if self.flush().await.is_err() {
                 return;
@@ -214,6 +234,14 @@ impl FrameWriter {
     pub async fn send_raw(&mut self, payload: Bytes) -> Result<(), FrameError> {
         self.send_parts(vec![payload]).await
     }
+}
+
+/// What [`FrameWriter::pump_frames`] writes for one value.
+pub enum OutFrame<M> {
+    /// A message, encoded into one frame.
+    Message(M),
+    /// A payload already encoded, in parts written one after the other.
+    Parts(Vec<Bytes>),
 }
 
 /// A framed TCP connection.
@@ -267,9 +295,16 @@ impl Connection {
         req: &Q,
         timeout: Duration,
     ) -> Result<A, FrameError> {
+        let frame = self.call_frame(req, timeout).await?;
+        Ok(codec::decode(&frame)?)
+    }
+
+    /// Like [`Connection::call`], but returns the reply's frame undecoded (for a decoder that
+    /// leaves bulk bytes in it).
+    pub async fn call_frame<Q: Serialize + ?Sized>(&mut self, req: &Q, timeout: Duration) -> Result<Bytes, FrameError> {
         tokio::time::timeout(timeout, async {
             self.send(req).await?;
-            self.expect().await
+            self.reader.recv_frame().await?.ok_or(FrameError::Closed)
         })
         .await
         .map_err(|_| FrameError::Timeout(timeout))?

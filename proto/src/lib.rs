@@ -21,7 +21,7 @@ pub mod status;
 pub mod types;
 
 pub use codec::{decode, encode, DecodeError};
-pub use frame::{Connection, FrameError, FrameReader, FrameWriter, DEFAULT_MAX_FRAME};
+pub use frame::{Connection, FrameError, FrameReader, FrameWriter, OutFrame, DEFAULT_MAX_FRAME};
 pub use handshake::{password_key, password_proof, Handshake, HandshakeError, LinkKind, Secret, PROTOCOL_VERSION};
 pub use pool::IdlePool;
 pub use status::Status;
