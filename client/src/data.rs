@@ -52,7 +52,6 @@ pub(crate) struct Located {
 #[derive(Debug, Default)]
 pub struct Fetched {
     parts: Vec<Bytes>,
-    len: usize,
 }
 
 impl From<Bytes> for Fetched {
@@ -65,16 +64,15 @@ impl From<Bytes> for Fetched {
 
 impl Fetched {
     pub fn len(&self) -> usize {
-        self.len
+        self.parts.iter().map(Bytes::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.parts.is_empty()
     }
 
     fn push(&mut self, b: Bytes) {
         if !b.is_empty() {
-            self.len += b.len();
             self.parts.push(b);
         }
     }
@@ -92,18 +90,17 @@ impl Fetched {
             left -= b.len();
             !b.is_empty()
         });
-        self.len = self.len.min(len);
     }
 
     /// All the bytes, in one piece (a copy if they arrived in several).
     pub fn to_bytes(&self) -> Bytes {
-        self.slice(0, self.len)
+        self.slice(0, self.len())
     }
 
     /// Up to `len` bytes from `at` (fewer past the end): a slice of one piece when they lie
     /// in one, otherwise a copy of the pieces they span.
     pub fn slice(&self, at: usize, len: usize) -> Bytes {
-        let end = (at + len).min(self.len);
+        let end = (at + len).min(self.len());
         let mut start = 0;
         let mut spanned = Vec::new();
         for b in &self.parts {
