@@ -398,12 +398,16 @@ impl ChunkFile {
             crcs[i as usize] = crc32fast::hash(dst);
         }
         self.extend_to(first + n - 1)?;
-        let at = DATA_OFFSET + first as u64 * BLOCK_SIZE;
         // A run with a patched block goes through the page cache, where the next small write
         // to the same block finds it (small random writes would otherwise read it from the
-        // disk every time).
+        // disk every time). Only its bytes that `data` covers are written: the rest of its
+        // blocks is on the disk already (or a hole past the old end, which reads as zeros),
+        // so a 4 KiB write stays a 4 KiB write instead of a 64 KiB one.
         let aligned = run.is_aligned() && !patched;
-        let buf = run.get_mut(n as usize * BLOCK);
+        let run_start = first as u64 * BLOCK_SIZE;
+        let (lo, hi) = (offset.max(run_start), end.min(run_start + n as u64 * BLOCK_SIZE));
+        let buf = &run.get_mut(n as usize * BLOCK)[(lo - run_start) as usize..(hi - run_start) as usize];
+        let at = DATA_OFFSET + lo;
         match self.direct_file(aligned).map(|f| f.write_all_at(buf, at)) {
             None => self.file.write_all_at(buf, at)?,
             Some(r) => self.or_buffered(r, || self.file.write_all_at(buf, at))?,
@@ -714,6 +718,32 @@ mod tests {
         let c = ChunkFile::open(&path).unwrap();
         assert_eq!(c.read(65_000, 300_000).unwrap(), data);
         c.verify().unwrap();
+    }
+
+    /// A write into part of a block writes only its own bytes: the rest of the block is a
+    /// hole reading as zeros (new blocks) or what the disk held (patched ones).
+    #[test]
+    fn a_small_write_writes_only_its_bytes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = new_chunk(dir.path());
+        c.write(0, &pattern(6, 4096)).unwrap();
+        c.write(3 * BLOCK_SIZE + 8192, &pattern(7, 4096)).unwrap();
+        c.sync().unwrap();
+        let path = c.path().to_path_buf();
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), DATA_OFFSET + 4 * BLOCK_SIZE);
+        assert!(allocated < DATA_OFFSET + BLOCK_SIZE, "{allocated} bytes on the disk for two 4 KiB writes");
+        // Patch the first block in the middle: its first 4 KiB stay as written.
+        c.write(10_000, b"patched").unwrap();
+        drop(c);
+        let c = ChunkFile::open(&path).unwrap();
+        c.verify().unwrap();
+        let mut want = vec![0u8; 4 * BLOCK];
+        want[..4096].copy_from_slice(&pattern(6, 4096));
+        want[10_000..10_007].copy_from_slice(b"patched");
+        want[3 * BLOCK + 8192..3 * BLOCK + 12_288].copy_from_slice(&pattern(7, 4096));
+        assert_eq!(c.read(0, 4 * BLOCK as u32).unwrap(), want);
     }
 
     #[test]

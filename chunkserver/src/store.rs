@@ -40,9 +40,19 @@ struct SlotState {
 
 type Slot = Arc<tokio::sync::Mutex<SlotState>>;
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FolderUsage {
+    chunks: u64,
+    bytes: u64,
+}
+
 pub struct Store {
     folders: Folders,
     index: Mutex<HashMap<ChunkId, Slot>>,
+    /// Chunks and bytes (file sizes) per folder, kept in step with the index: a replica
+    /// counts from its install until it is marked gone, so choosing a folder for a new one
+    /// does not walk every replica.
+    usage: Mutex<Vec<FolderUsage>>,
     events: broadcast::Sender<StoreEvent>,
     pub crc_errors: AtomicU64,
     pub busy: AtomicU64,
@@ -68,6 +78,11 @@ impl Store {
             tracing::warn!(file = %path.display(), reason = %why, "unusable chunk file");
         }
         let now = Instant::now();
+        let mut usage = vec![FolderUsage::default(); folders.folders.len()];
+        for c in &scan.chunks {
+            usage[c.folder].chunks += 1;
+            usage[c.folder].bytes += c.length + crate::format::DATA_OFFSET;
+        }
         let index = scan
             .chunks
             .into_iter()
@@ -88,6 +103,7 @@ impl Store {
         Arc::new(Store {
             folders,
             index: Mutex::new(index),
+            usage: Mutex::new(usage),
             events,
             crc_errors: AtomicU64::new(0),
             busy: AtomicU64::new(0),
@@ -129,22 +145,52 @@ impl Store {
     }
 
     /// Chunks and bytes per folder.
-    async fn usage(&self) -> Vec<(u64, u64)> {
-        let mut per_folder: Vec<(u64, u64)> = vec![(0, 0); self.folders.folders.len()];
-        let slots: Vec<Slot> = self.index.lock().expect("index lock").values().cloned().collect();
-        for slot in slots {
-            let st = slot.lock().await;
-            if !st.gone {
-                per_folder[st.folder].0 += 1;
-                per_folder[st.folder].1 += st.length + crate::format::DATA_OFFSET;
-            }
+    fn usage(&self) -> Vec<(u64, u64)> {
+        self.usage.lock().expect("usage lock").iter().map(|u| (u.chunks, u.bytes)).collect()
+    }
+
+    /// Moves a replica's share of its folder's usage: `before` is the data length it was
+    /// counted with (none for a new replica), `after` the one it counts with now (none once
+    /// it is gone).
+    fn account(&self, folder: usize, before: Option<u64>, after: Option<u64>) {
+        let mut usage = self.usage.lock().expect("usage lock");
+        let Some(u) = usage.get_mut(folder) else { return };
+        if let Some(len) = before {
+            u.chunks = u.chunks.saturating_sub(1);
+            u.bytes = u.bytes.saturating_sub(len + crate::format::DATA_OFFSET);
         }
-        per_folder
+        if let Some(len) = after {
+            u.chunks += 1;
+            u.bytes += len + crate::format::DATA_OFFSET;
+        }
+    }
+
+    /// Sets a replica's data length, moving its share of the folder's usage.
+    fn set_length(&self, st: &mut SlotState, length: u64) {
+        if st.length != length && !st.gone {
+            self.account(st.folder, Some(st.length), Some(length));
+        }
+        st.length = length;
+    }
+
+    /// Marks the replica in `slot` gone (its file closed), takes it out of the index (unless
+    /// a newer replica of `id` took its place there) and out of its folder's usage.
+    fn forget(&self, id: ChunkId, slot: &Slot, st: &mut SlotState) {
+        if st.gone {
+            return;
+        }
+        st.file = None;
+        st.gone = true;
+        self.account(st.folder, Some(st.length), None);
+        let mut index = self.index.lock().expect("index lock");
+        if index.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            index.remove(&id);
+        }
     }
 
     /// Space and load for heartbeats.
     pub async fn load(&self) -> CsLoad {
-        let per_folder = self.usage().await;
+        let per_folder = self.usage();
         let used: Vec<u64> = per_folder.iter().map(|(_, bytes)| *bytes).collect();
         let space = self.folders.space(&used);
         let folders: Vec<FolderLoad> = space
@@ -199,7 +245,7 @@ impl Store {
         .await;
         self.busy.fetch_sub(1, Ordering::Relaxed);
         let (file, r) = res.map_err(join_error)?.map_err(io_error)?;
-        st.length = file.len();
+        self.set_length(&mut st, file.len());
         st.last_used = Instant::now();
         st.file = Some(file);
         match r {
@@ -222,15 +268,13 @@ impl Store {
         if st.gone || st.version != version {
             return;
         }
-        st.file = None;
-        st.gone = true;
+        self.forget(id, &slot, &mut st);
         let path = self.folders.path(st.folder, st.sub, id, st.version);
         let aside =
             path.with_file_name(format!("damaged_{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("chunk")));
         if let Err(e) = std::fs::rename(&path, &aside) {
             tracing::warn!(error = %e, file = %path.display(), "cannot move a damaged chunk aside");
         }
-        self.index.lock().expect("index lock").remove(&id);
         let _ = self.events.send(StoreEvent::Damaged(id, version));
     }
 
@@ -322,11 +366,9 @@ impl Store {
         if st.gone {
             return;
         }
-        st.file = None;
-        st.gone = true;
+        self.forget(id, &slot, &mut st);
         let path = self.folders.path(st.folder, st.sub, id, st.version);
         let _ = std::fs::remove_file(&path);
-        self.index.lock().expect("index lock").remove(&id);
         let _ = self.events.send(StoreEvent::Removed(id, st.version));
     }
 
@@ -351,13 +393,23 @@ impl Store {
             gone: false,
         };
         self.announce_added(id, &st);
-        self.index.lock().expect("index lock").insert(id, Arc::new(tokio::sync::Mutex::new(st)));
+        self.account(folder, None, Some(st.length));
+        let slot = Arc::new(tokio::sync::Mutex::new(st));
+        let replaced = self.index.lock().expect("index lock").insert(id, slot);
+        // Only when another replica of `id` was installed meanwhile (the callers drop the
+        // one there was first): it leaves the index and the usage now.
+        if let Some(old) = replaced {
+            match old.try_lock() {
+                Ok(mut st) => self.forget(id, &old, &mut st),
+                Err(_) => tracing::warn!(chunk = %id.hex(), "a replaced replica was busy; folder usage may be off"),
+            }
+        }
         Ok(())
     }
 
     /// The folder for a new replica ([`crate::folders::Folders::choose`]).
-    async fn choose_folder(&self) -> Result<usize, DataError> {
-        let usage = self.usage().await;
+    fn choose_folder(&self) -> Result<usize, DataError> {
+        let usage = self.usage();
         self.folders.choose(&usage).ok_or(DataError::NoSpace)
     }
 
@@ -368,7 +420,7 @@ impl Store {
     /// as synced.
     pub async fn create(&self, id: ChunkId, version: ChunkVersion) -> Result<(), DataError> {
         self.drop_existing(id).await;
-        let folder = self.choose_folder().await?;
+        let folder = self.choose_folder()?;
         let path = self.folders.path(folder, default_subfolder(id), id, version);
         let file = tokio::task::spawn_blocking(move || ChunkFile::create(&path, id, version))
             .await
@@ -418,7 +470,7 @@ impl Store {
         .map_err(io_error)?;
         res.map_err(io_error)?;
         st.version = to;
-        st.length = file.len();
+        self.set_length(&mut st, file.len());
         st.file = Some(file);
         let _ = self.events.send(StoreEvent::Removed(id, from));
         self.announce_added(id, &st);
@@ -470,16 +522,11 @@ impl Store {
         if st.version != version {
             return Err(DataError::WrongVersion { have: st.version });
         }
-        st.file = None;
-        st.gone = true;
+        self.forget(id, &slot, &mut st);
         let path = self.folders.path(st.folder, st.sub, id, version);
-        tokio::task::spawn_blocking(move || std::fs::remove_file(&path))
-            .await
-            .map_err(join_error)?
-            .map_err(|e| DataError::Io(e.to_string()))?;
-        self.index.lock().expect("index lock").remove(&id);
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await.map_err(join_error)?;
         let _ = self.events.send(StoreEvent::Removed(id, version));
-        Ok(())
+        removed.map_err(|e| DataError::Io(e.to_string()))
     }
 
     /// Order: receive a whole replica from a peer; `fetch(offset, len)` reads a piece of the
@@ -495,7 +542,7 @@ impl Store {
         F: FnMut(u32, u32) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>, DataError>>,
     {
-        let folder = self.choose_folder().await?;
+        let folder = self.choose_folder()?;
         let final_path = self.folders.path(folder, default_subfolder(id), id, version);
         let tmp: PathBuf = final_path.with_extension("mfs.tmp");
         let _ = std::fs::remove_file(&tmp);
@@ -567,6 +614,81 @@ mod tests {
         let slot = store.slot(id).expect("the chunk is indexed");
         let st = slot.try_lock().expect("nobody holds the slot");
         (st.gone, st.file.as_ref().map(ChunkFile::name_synced))
+    }
+
+    /// The folder usage walked the slow way, from every replica in the index.
+    async fn walked_usage(store: &Store) -> Vec<(u64, u64)> {
+        let mut per_folder = vec![(0, 0); store.folders.folders.len()];
+        let slots: Vec<Slot> = store.index.lock().unwrap().values().cloned().collect();
+        for slot in slots {
+            let st = slot.lock().await;
+            if !st.gone {
+                per_folder[st.folder].0 += 1;
+                per_folder[st.folder].1 += st.length + crate::format::DATA_OFFSET;
+            }
+        }
+        per_folder
+    }
+
+    /// The usage kept in step with every operation equals the one walked from the index,
+    /// and the folder with fewer chunks takes the next one.
+    #[tokio::test]
+    async fn folder_usage_follows_every_change() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let open = || Folders::open(vec![FolderSpec::new(a.path(), false), FolderSpec::new(b.path(), false)]).unwrap();
+        let folders = open();
+        let scan = folders.scan();
+        let store = Store::new(folders, scan);
+        let v = ChunkVersion(1);
+        let check = |what: &'static str| {
+            let store = &store;
+            async move {
+                let walked = walked_usage(store).await;
+                assert_eq!(store.usage(), walked, "after {what}");
+                walked
+            }
+        };
+        for i in 1..=4 {
+            store.create(ChunkId(i), v).await.unwrap();
+        }
+        assert_eq!(check("creates").await.iter().map(|u| u.0).collect::<Vec<_>>(), vec![2, 2], "spread by count");
+        store.write(ChunkId(1), v, 0, vec![1u8; 200_000]).await.unwrap();
+        store.write(ChunkId(2), v, 70_000, vec![2u8; 10]).await.unwrap();
+        check("writes").await;
+        store.set_version(ChunkId(1), v, ChunkVersion(2), Some(1000)).await.unwrap();
+        check("a cut").await;
+        store.duplicate((ChunkId(1), ChunkVersion(2)), (ChunkId(9), v), None).await.unwrap();
+        check("a duplicate").await;
+        store.delete(ChunkId(2), v).await.unwrap();
+        check("a delete").await;
+        store.create(ChunkId(3), v).await.unwrap();
+        check("a create over a replica").await;
+        let data = vec![5u8; 70_000];
+        let d = data.clone();
+        store
+            .receive(ChunkId(4), ChunkVersion(3), 70_000, |o, l| {
+                let piece = d[o as usize..(o + l) as usize].to_vec();
+                async move { Ok(piece) }
+            })
+            .await
+            .unwrap();
+        check("a replica received over one").await;
+        // A flipped bit: the replica is dropped on read.
+        let slot = store.slot(ChunkId(1)).unwrap();
+        let path = {
+            let mut st = slot.lock().await;
+            st.file = None;
+            store.folders.path(st.folder, st.sub, ChunkId(1), ChunkVersion(2))
+        };
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"X", crate::format::DATA_OFFSET + 5).unwrap();
+        assert!(store.read(ChunkId(1), ChunkVersion(2), 0, 10).await.is_err());
+        let walked = check("a damaged replica").await;
+        // A restart counts the same from the scan.
+        drop(store);
+        let folders = open();
+        let scan = folders.scan();
+        assert_eq!(Store::new(folders, scan).usage(), walked, "after a rescan");
     }
 
     /// A created replica stays open, its name not synced, through idle closing, until the
