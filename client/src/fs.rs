@@ -35,6 +35,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use crate::data::{DataPath, Fetched};
+use crate::groups::GroupsCache;
 use crate::master_link::{CallError, MasterClient};
 use crate::spare::Spare;
 
@@ -321,6 +322,7 @@ async fn keep_held(master: MasterClient) {
 /// The mounted file system.
 pub struct AlcesFs {
     inner: Arc<Inner>,
+    groups: GroupsCache,
 }
 
 fn errno(s: Status) -> Errno {
@@ -401,19 +403,6 @@ fn masterinfo_attr(len: usize) -> FileAttr {
         blksize: 4096,
         flags: 0,
     }
-}
-
-/// The caller's credentials, with supplementary groups from /proc.
-fn creds(req: &Request) -> Creds {
-    let groups = std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
-        })
-        .unwrap_or_default();
-    Creds { uid: req.uid(), gid: req.gid(), groups }
 }
 
 fn name(n: &OsStr) -> Result<Name, Errno> {
@@ -737,6 +726,11 @@ impl Inner {
 }
 
 impl AlcesFs {
+    /// The caller's credentials, with its supplementary groups (see [`crate::groups`]).
+    fn creds(&self, req: &Request) -> Creds {
+        Creds { uid: req.uid(), gid: req.gid(), groups: self.groups.get(req.pid(), req.uid(), req.gid()) }
+    }
+
     pub fn new(rt: Handle, master: MasterClient, opts: Options) -> AlcesFs {
         let data = DataPath::new(master.clone());
         let (releases, rx) = mpsc::unbounded_channel();
@@ -766,6 +760,7 @@ impl AlcesFs {
                 fresh_dirs: Mutex::default(),
                 spare,
             }),
+            groups: GroupsCache::default(),
         }
     }
 
@@ -806,7 +801,7 @@ impl Filesystem for AlcesFs {
         if parent.0 == 1 && n.as_bytes() == MASTERINFO_NAME.as_bytes() {
             return reply.entry(&ttl, &masterinfo_attr(self.inner.opts.masterinfo.len()), Generation(0));
         }
-        let creds = creds(req);
+        let creds = self.creds(req);
         let n = match name(n) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -825,7 +820,7 @@ impl Filesystem for AlcesFs {
         if let Some(a) = self.inner.fresh_dir(Inode(ino.0)) {
             return reply.attr(&ttl, &fuse_attr(&a));
         }
-        let creds = creds(req);
+        let creds = self.creds(req);
         self.spawn(move |fs| async move {
             match fs.attr_call(&creds, ClientRequest::GetAttr { inode: Inode(ino.0) }).await {
                 Ok(a) => reply.attr(&ttl, &fuse_attr(&a)),
@@ -853,7 +848,7 @@ impl Filesystem for AlcesFs {
         reply: ReplyAttr,
     ) {
         let ttl = self.inner.opts.attr_ttl;
-        let creds = creds(req);
+        let creds = self.creds(req);
         let set = SetAttr {
             mode: mode.map(|m| (m & 0o7777) as u16),
             uid,
@@ -882,7 +877,7 @@ impl Filesystem for AlcesFs {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        let creds = creds(req);
+        let creds = self.creds(req);
         self.spawn(move |fs| async move {
             match fs.call(&creds, ClientRequest::ReadLink { inode: Inode(ino.0) }).await {
                 Ok(ClientReply::ReadLink(t)) => reply.data(&t),
@@ -911,7 +906,7 @@ impl Filesystem for AlcesFs {
 
     fn symlink(&self, req: &Request, parent: INodeNo, link: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let ttl = self.inner.opts.attr_ttl;
-        let creds = creds(req);
+        let creds = self.creds(req);
         let n = match name(link) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -933,7 +928,7 @@ impl Filesystem for AlcesFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let creds = creds(req);
+        let creds = self.creds(req);
         let (n, nn) = match (name(n), name(newname)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
@@ -952,7 +947,7 @@ impl Filesystem for AlcesFs {
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let ttl = self.inner.opts.attr_ttl;
-        let creds = creds(req);
+        let creds = self.creds(req);
         let n = match name(newname) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -970,7 +965,7 @@ impl Filesystem for AlcesFs {
             let fh = self.inner.new_handle(Inner::file_handle(Inode(MASTERINFO_INODE), false));
             return reply.opened(FileHandle(fh), FopenFlags::empty());
         }
-        let creds = creds(req);
+        let creds = self.creds(req);
         self.spawn(move |fs| async move {
             let inode = Inode(ino.0);
             if flags.0 & libc::O_TRUNC != 0 {
@@ -1129,7 +1124,7 @@ impl Filesystem for AlcesFs {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let creds = creds(req);
+        let creds = self.creds(req);
         self.spawn(move |fs| async move {
             let inode = Inode(ino.0);
             if let Err(e) = fs.call(&creds, ClientRequest::OpenDir { inode }).await {
@@ -1176,7 +1171,7 @@ impl Filesystem for AlcesFs {
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let creds = creds(req);
+        let creds = self.creds(req);
         self.spawn(move |fs| async move {
             match fs.call(&creds, ClientRequest::StatFs).await {
                 Ok(ClientReply::StatFs { total_bytes, avail_bytes, inodes, .. }) => {
@@ -1199,7 +1194,7 @@ impl Filesystem for AlcesFs {
     }
 
     fn setxattr(&self, req: &Request, ino: INodeNo, n: &OsStr, value: &[u8], flags: i32, _pos: u32, reply: ReplyEmpty) {
-        let creds = creds(req);
+        let creds = self.creds(req);
         let (n, value) = (n.as_bytes().to_vec(), value.to_vec());
         self.spawn(move |fs| async move {
             let inode = Inode(ino.0);
@@ -1216,7 +1211,7 @@ impl Filesystem for AlcesFs {
         if ino.0 == MASTERINFO_INODE {
             return reply.error(Errno::ENODATA);
         }
-        let creds = creds(req);
+        let creds = self.creds(req);
         let (inode, n) = (Inode(ino.0), n.as_bytes().to_vec());
         if self.inner.missing_xattr(inode, &n) {
             return reply.error(Errno::ENODATA);
@@ -1239,7 +1234,7 @@ impl Filesystem for AlcesFs {
         if ino.0 == MASTERINFO_INODE {
             return xattr_reply(reply, size, &[]);
         }
-        let creds = creds(req);
+        let creds = self.creds(req);
         self.spawn(move |fs| async move {
             match fs.call(&creds, ClientRequest::ListXattr { inode: Inode(ino.0) }).await {
                 Ok(ClientReply::XattrNames(names)) => {
@@ -1257,7 +1252,7 @@ impl Filesystem for AlcesFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        let creds = creds(req);
+        let creds = self.creds(req);
         let n = n.as_bytes().to_vec();
         self.spawn(move |fs| async move {
             let inode = Inode(ino.0);
@@ -1271,7 +1266,7 @@ impl Filesystem for AlcesFs {
         if ino.0 == MASTERINFO_INODE {
             return reply.ok();
         }
-        let creds = creds(req);
+        let creds = self.creds(req);
         let mask = (mask.bits() & 7) as u16;
         self.spawn(move |fs| async move {
             let r = fs.call(&creds, ClientRequest::Access { inode: Inode(ino.0), mask }).await;
@@ -1290,7 +1285,7 @@ impl Filesystem for AlcesFs {
         reply: ReplyCreate,
     ) {
         let ttl = self.inner.opts.attr_ttl;
-        let creds = creds(req);
+        let creds = self.creds(req);
         let body = match create_request(parent, n, FileKind::File, mode, umask, 0, true) {
             Ok(b) => b,
             Err(e) => return reply.error(e),
@@ -1354,7 +1349,7 @@ impl AlcesFs {
         reply: ReplyEntry,
     ) {
         let ttl = self.inner.opts.attr_ttl;
-        let creds = creds(req);
+        let creds = self.creds(req);
         let body = match create_request(parent, n, kind, mode, umask, rdev, false) {
             Ok(b) => b,
             Err(e) => return reply.error(e),
@@ -1365,7 +1360,7 @@ impl AlcesFs {
     }
 
     fn remove(&self, req: &Request, parent: INodeNo, n: &OsStr, dir: bool, reply: ReplyEmpty) {
-        let creds = creds(req);
+        let creds = self.creds(req);
         let n = match name(n) {
             Ok(n) => n,
             Err(e) => return reply.error(e),

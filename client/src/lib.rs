@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod data;
 pub mod fs;
+pub mod groups;
 pub mod master_link;
 pub mod meta_fs;
 mod spare;
