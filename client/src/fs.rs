@@ -503,6 +503,25 @@ impl Inner {
     }
 
     /// Writes out a file's buffered data (after any write-out in progress).
+    /// Whether the mount holds a write buffer for `inode` (maybe empty).
+    fn buffers(&self, inode: Inode) -> bool {
+        self.dirty.lock().expect("dirty lock").contains_key(&inode)
+    }
+
+    /// Handle `fh` of `inode` (`h`) is closed: the master hears of it with the next batch.
+    /// The master counts a session's handles on a file (a release and another handle's open
+    /// commute), so nobody needs to wait for this one.
+    fn closed(&self, h: &Option<Arc<Handle_>>, fh: u64, inode: Inode) {
+        let closed = match h.as_deref() {
+            Some(Handle_::File { held: true, .. }) => {
+                self.master.held_handles().lock().expect("held handles lock").remove(&fh);
+                Closed::Held(fh)
+            }
+            _ => Closed::Recorded(inode),
+        };
+        let _ = self.releases.send(closed);
+    }
+
     async fn flush(&self, inode: Inode) -> Result<(), Errno> {
         let d = self.dirty.lock().expect("dirty lock").get(&inode).cloned();
         let Some(d) = d else { return Ok(()) };
@@ -1064,7 +1083,8 @@ impl Filesystem for AlcesFs {
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock: fuser::LockOwner, reply: ReplyEmpty) {
-        if ino.0 == MASTERINFO_INODE {
+        // Nothing buffered: answered here, without a trip to the runtime's threads.
+        if ino.0 == MASTERINFO_INODE || !self.inner.buffers(Inode(ino.0)) {
             return reply.ok();
         }
         self.spawn(move |fs| async move { reply_empty(reply, fs.flush(Inode(ino.0)).await) });
@@ -1084,19 +1104,16 @@ impl Filesystem for AlcesFs {
         if ino.0 == MASTERINFO_INODE || h.is_none() {
             return reply.ok();
         }
+        let inode = Inode(ino.0);
+        // Nothing buffered (a file only read, say): answered here, without a trip to the
+        // runtime's threads.
+        if !self.inner.buffers(inode) {
+            self.inner.closed(&h, fh.0, inode);
+            return reply.ok();
+        }
         self.spawn(move |fs| async move {
-            let inode = Inode(ino.0);
             let r = fs.flush(inode).await;
-            // The master counts a session's handles on a file (a release and another
-            // handle's open commute), so nobody needs to wait for this one.
-            let closed = match h.as_deref() {
-                Some(Handle_::File { held: true, .. }) => {
-                    fs.master.held_handles().lock().expect("held handles lock").remove(&fh.0);
-                    Closed::Held(fh.0)
-                }
-                _ => Closed::Recorded(inode),
-            };
-            let _ = fs.releases.send(closed);
+            fs.closed(&h, fh.0, inode);
             let still_open = fs
                 .handles
                 .lock()
