@@ -502,7 +502,6 @@ impl Inner {
         (out, true)
     }
 
-    /// Writes out a file's buffered data (after any write-out in progress).
     /// Whether the mount holds a write buffer for `inode` (maybe empty).
     fn buffers(&self, inode: Inode) -> bool {
         self.dirty.lock().expect("dirty lock").contains_key(&inode)
@@ -522,6 +521,7 @@ impl Inner {
         let _ = self.releases.send(closed);
     }
 
+    /// Writes out a file's buffered data (after any write-out in progress).
     async fn flush(&self, inode: Inode) -> Result<(), Errno> {
         let d = self.dirty.lock().expect("dirty lock").get(&inode).cloned();
         let Some(d) = d else { return Ok(()) };
