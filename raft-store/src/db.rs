@@ -76,6 +76,14 @@ impl Db {
         // RocksDB turns recycling off under the stricter modes.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         opts.set_recycle_log_file_num(if unsafe_no_wal { 0 } else { WAL_RECYCLE_FILES });
+        // Write-ahead log records stay in RocksDB's buffer until a synced write or a sync
+        // writes them out, instead of a write system call each. Nothing unsynced is relied
+        // on: a synced write (a follower's append, a vote, a purge) and the leader's log sync
+        // write out everything before them first, in order, and an unsynced write (the
+        // state machine's applies, the commit index) is redone from the log if it is lost.
+        // A change made about three database writes on every master; 8 threads creating
+        // files in folders of their own went from 3799-4023 to 4489-4779 creates/s.
+        opts.set_manual_wal_flush(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);

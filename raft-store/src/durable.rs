@@ -3,10 +3,11 @@
 //!
 //! openraft 0.9 finishes the leader's log append, fsync included, before it sends the new
 //! entries to the followers, so every change waited for two fsyncs in a row: the leader's,
-//! then a follower's. Here the leader reports its own new entries as soon as they are written
-//! (in the operating system's cache, so a killed process keeps them) and a blocking task syncs
-//! them meanwhile, one fsync for everything written before it starts; the followers receive
-//! the entries at once and sync them while the leader does.
+//! then a follower's. Here the leader reports its own new entries as soon as they are in the
+//! database (their write-ahead log records wait in RocksDB's buffer, see [`crate::db`], so a
+//! killed process loses them as a machine losing power would) and a blocking task writes and
+//! syncs them meanwhile, one fsync for everything written before it starts; the followers
+//! receive the entries at once and sync them while the leader does.
 //!
 //! openraft then counts the leader's copy towards a commit before it is synced. What makes
 //! that safe is that nothing is done with an entry until the leader's copy is synced too:
