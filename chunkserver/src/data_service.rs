@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::store::Store;
 
@@ -414,10 +415,12 @@ async fn write_session(
             }
         }
     });
-    // The acker pairs local results with the next server's, in order.
+    // The acker pairs local results with the next server's, in order. It dies with this session:
+    // were it left running when the session is dropped, it would keep the upstream socket open
+    // and blame the next server for a chain that this server broke.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<bool>();
     let upstream = tx.clone();
-    let acker = tokio::spawn(async move {
+    let acker = AbortOnDropHandle::new(tokio::spawn(async move {
         loop {
             let Some((id, finish, local)) = local_rx.recv().await else { return };
             let remote = match remote_rx.as_mut() {
@@ -450,7 +453,7 @@ async fn write_session(
                 return;
             }
         }
-    });
+    }));
     let ok = loop {
         let req = tokio::select! {
             r = incoming.next_in_write() => r,
