@@ -486,13 +486,12 @@ async fn write_session(
         break done_rx.recv().await.unwrap_or(false);
     };
     drop(job_tx);
+    // On failure the acker is aborted as it is dropped here.
     if ok {
         let _ = acker.await;
         if let Some(d) = downstream {
             d.give_back(cfg).await;
         }
-    } else {
-        acker.abort();
     }
     ok
 }
