@@ -1,11 +1,14 @@
 //! The data path: reading replicas and writing through chains of chunkservers.
 //!
 //! Reads ask the master where a chunk is (cached briefly), read from one replica, and on a
-//! CRC error or an unreachable server try the next replica (reporting a bad one); a long read
-//! is split into 1 MiB pieces read concurrently from different replicas. Writes get a lease
-//! from the master, stream pieces of at most 1 MiB to the first server of the chain with
-//! several pieces in flight, finish with a sync on every replica, and then commit the new
-//! length. A failed chain is retried with a fresh lease.
+//! CRC error or an unreachable server try the next replica (reporting a bad one). A replica
+//! that has not answered within [`HEDGE_AFTER`] gets company: the next replica is asked too
+//! and the first answer wins, so a server that hangs (stopped, cut off, a dying disk) delays
+//! a read by that much instead of the call's timeout, and is asked last for a while after. A
+//! long read is split into 1 MiB pieces read concurrently from different replicas. Writes get
+//! a lease from the master, stream pieces of at most 1 MiB to the first server of the chain
+//! with several pieces in flight, finish with a sync on every replica, and then commit the
+//! new length. A failed chain is retried with a fresh lease.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +32,12 @@ const LOCATION_TTL: Duration = Duration::from_secs(3);
 const READ_PIECE: u64 = 1 << 20;
 /// Pieces of one read in flight at most.
 const READ_PARALLEL: usize = 4;
+/// How long a replica may take to answer a read before the next one is asked as well. A
+/// healthy replica answers a 1 MiB read in a few milliseconds here, a busy spinning disk in
+/// tens; a hung server never does.
+const HEDGE_AFTER: Duration = Duration::from_millis(300);
+/// How long a server that lost such a race is asked after the others.
+const SLOW_FOR: Duration = Duration::from_secs(10);
 /// Pieces of a write in flight to the first chunkserver, at most (8 MiB).
 const WRITE_WINDOW: usize = 8;
 /// How long the chain may take to answer one step of a write before it is given up.
@@ -127,6 +136,9 @@ pub struct DataPath {
     master: MasterClient,
     idle: Mutex<HashMap<String, Vec<Connection>>>,
     located: Mutex<HashMap<(Inode, u32), Located>>,
+    /// Servers that let a read wait past [`HEDGE_AFTER`] while another replica answered, and
+    /// until when they are asked last.
+    slow: Mutex<HashMap<String, Instant>>,
     /// Counts invalidations: locations asked for before one are not kept after it.
     invalidations: AtomicU64,
 }
@@ -141,7 +153,13 @@ fn status(e: CallError) -> Status {
 
 impl DataPath {
     pub fn new(master: MasterClient) -> Self {
-        DataPath { master, idle: Mutex::default(), located: Mutex::default(), invalidations: AtomicU64::new(0) }
+        DataPath {
+            master,
+            idle: Mutex::default(),
+            located: Mutex::default(),
+            slow: Mutex::default(),
+            invalidations: AtomicU64::new(0),
+        }
     }
 
     async fn connect(&self, addr: &str) -> Result<Connection, String> {
@@ -267,10 +285,62 @@ impl DataPath {
             if wanted == 0 {
                 return Ok((Fetched::default(), l.file_size));
             }
-            let n = l.locations.len();
-            for loc in (0..n).map(|k| &l.locations[(prefer + k) % n]) {
-                match self.read_replica(loc, chunk, version, offset, wanted).await {
-                    Ok(data) => return Ok((data, l.file_size)),
+            match self.read_racing(&l.locations, prefer, chunk, version, offset, wanted).await {
+                Ok(data) => return Ok((data, l.file_size)),
+                Err(status) => last = status,
+            }
+            tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1))).await;
+        }
+        Err(last)
+    }
+
+    /// The replicas in the order to ask them: from `prefer` on (modulo their number), the
+    /// servers marked slow last, the one marked last at the very end.
+    fn read_order<'a>(&self, locations: &'a [ChunkLocation], prefer: usize) -> Vec<&'a ChunkLocation> {
+        let n = locations.len();
+        let mut order: Vec<&ChunkLocation> = (0..n).map(|k| &locations[(prefer + k) % n]).collect();
+        let mut slow = self.slow.lock().expect("slow servers lock");
+        let now = Instant::now();
+        slow.retain(|_, until| *until > now);
+        if !slow.is_empty() {
+            order.sort_by_key(|loc| slow.get(&loc.addr).copied());
+        }
+        order
+    }
+
+    /// Reads from the replicas in turn, asking the next one as well whenever [`HEDGE_AFTER`]
+    /// passes without an answer; the first good answer wins and the reads still waiting are
+    /// dropped with their connections. Bad replicas are reported.
+    async fn read_racing<'a>(
+        &self,
+        locations: &'a [ChunkLocation],
+        prefer: usize,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        offset: u32,
+        len: u32,
+    ) -> Result<Fetched, Status> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut waiting = self.read_order(locations, prefer).into_iter().peekable();
+        let ask =
+            |loc: &'a ChunkLocation| async move { (loc, self.read_replica(loc, chunk, version, offset, len).await) };
+        let mut asked: Vec<(&ChunkLocation, Instant)> = Vec::new();
+        let mut running = FuturesUnordered::new();
+        let mut last = Status::Io;
+        loop {
+            if running.is_empty() {
+                let Some(loc) = waiting.next() else { return Err(last) };
+                asked.push((loc, Instant::now()));
+                running.push(ask(loc));
+            }
+            let hedge = tokio::time::sleep(HEDGE_AFTER);
+            tokio::select! {
+                Some((loc, result)) = running.next() => match result {
+                    Ok(data) => {
+                        let started = asked.iter().find(|(l, _)| l.addr == loc.addr).map(|(_, t)| *t);
+                        self.mark_slow(asked.iter().filter(|(l, t)| l.addr != loc.addr && Some(*t) < started), loc);
+                        return Ok(data);
+                    }
                     Err(ReadFailure::Bad(e)) => {
                         tracing::warn!(chunk = %chunk.hex(), server = %loc.addr, error = %e, "bad replica");
                         let report = ClientRequest::ReportBadReplica { chunk, version, server: loc.id };
@@ -281,11 +351,26 @@ impl DataPath {
                         tracing::debug!(chunk = %chunk.hex(), server = %loc.addr, error = %e, "replica unusable");
                         last = Status::Io;
                     }
+                },
+                _ = hedge, if waiting.peek().is_some() => {
+                    let loc = waiting.next().expect("peeked");
+                    tracing::debug!(chunk = %chunk.hex(), server = %loc.addr, "a replica is slow, asking another");
+                    asked.push((loc, Instant::now()));
+                    running.push(ask(loc));
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1))).await;
         }
-        Err(last)
+    }
+
+    /// Marks servers that a read waited for in vain, and clears the mark of the one that
+    /// answered.
+    fn mark_slow<'a>(&self, servers: impl Iterator<Item = &'a (&'a ChunkLocation, Instant)>, answered: &ChunkLocation) {
+        let mut slow = self.slow.lock().expect("slow servers lock");
+        slow.remove(&answered.addr);
+        for (loc, _) in servers {
+            tracing::info!(server = %loc.addr, "a read waited for this chunkserver in vain; asking it last for a while");
+            slow.insert(loc.addr.clone(), Instant::now() + SLOW_FOR);
+        }
     }
 
     async fn read_replica(

@@ -1,7 +1,8 @@
 //! Real FUSE mounts against a local cluster of real processes (3 masters, 3 chunkservers):
 //! file operations, a 200 MiB file across chunks, concurrent writers, the tools, the meta
-//! mount's trash, snapshots, the POSIX suite, exports with a password and read-only, and a
-//! workload that keeps running while the leader is killed.
+//! mount's trash, snapshots, the POSIX suite, exports with a password and read-only, a
+//! workload that keeps running while the leader is killed, and reads that go around a
+//! chunkserver that stops answering.
 
 mod posix;
 
@@ -579,5 +580,46 @@ fn a_full_cluster_answers_enospc_and_keeps_what_it_has() -> Result<()> {
     ensure!(got.len() == before.len(), "{} bytes read back, {} written", got.len(), before.len());
     ensure!(checksum(&got) == checksum(&before), "the file written before differs");
     drop(cluster);
+    Ok(())
+}
+
+/// A chunkserver that stops answering (SIGSTOP: its sockets stay open, nothing comes back)
+/// delays a read by the hedge delay, not by the 30 s a call may wait: the mount asks the next
+/// replica once the first is slow, and asks the slow server last for a while after. Each of
+/// the two servers holding the file is stopped in turn, so at least one round stops the
+/// server a read asks first.
+#[test]
+fn a_read_goes_around_a_chunkserver_that_stops_answering() -> Result<()> {
+    use nix::unistd::Pid;
+    let dir = alces_testkit::temp_dir("alces-mount-hung-");
+    let mnt = dir.path().join("mnt");
+    let cluster = start(dir.path(), Some(mnt.clone()), None, 30)?;
+    let data = pseudo_random_bytes(9, 8 << 20);
+    let path = mnt.join("hedged");
+    fs::write(&path, &data)?;
+    let text = alces(&cluster, &["fileinfo", "--json", &path.display().to_string()])?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let holders: Vec<String> = v[0]["chunks"][0]["copies"]
+        .as_array()
+        .context("copies")?
+        .iter()
+        .filter_map(|c| c["addr"].as_str().map(str::to_string))
+        .collect();
+    ensure!(holders.len() == 2, "the chunk has copies on {holders:?}, not on 2 servers");
+    for addr in &holders {
+        let cs = cluster.file.chunkservers.iter().find(|c| &c.addr == addr).context("a holder")?;
+        let pid = Pid::from_raw(cs.pid as i32);
+        fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the kernel's caches")?;
+        nix::sys::signal::kill(pid, Signal::SIGSTOP)?;
+        let started = Instant::now();
+        let read = fs::read(&path);
+        let took = started.elapsed();
+        nix::sys::signal::kill(pid, Signal::SIGCONT)?;
+        let read = read.with_context(|| format!("reading with chunkserver {} stopped", cs.id))?;
+        eprintln!("chunkserver {} ({addr}) stopped: 8 MiB read in {took:?}", cs.id);
+        ensure!(read == data, "the file reads back differently with chunkserver {} stopped", cs.id);
+        ensure!(took < Duration::from_secs(10), "the read waited {took:?} for the stopped chunkserver {}", cs.id);
+        wait_for("both copies valid again", Duration::from_secs(30), || Ok(valid_copies(&cluster, &path)? == [2]))?;
+    }
     Ok(())
 }
