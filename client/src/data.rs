@@ -40,8 +40,13 @@ const HEDGE_AFTER: Duration = Duration::from_millis(300);
 const SLOW_FOR: Duration = Duration::from_secs(10);
 /// Pieces of a write in flight to the first chunkserver, at most (8 MiB).
 const WRITE_WINDOW: usize = 8;
-/// How long the chain may take to answer one step of a write before it is given up.
-const CHAIN_REPLY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the chain may take to get ready for a write or to acknowledge its next piece
+/// (written on every replica, not synced) before it is given up: a server that hangs costs a
+/// write this much, then the retry's new version leaves it out (the leader gives up an order
+/// to a server silent for 5 s).
+const CHAIN_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the chain may take to finish a write, its sync on every replica included.
+const CHAIN_FINISH_TIMEOUT: Duration = Duration::from_secs(20);
 /// Attempts (each with fresh locations or a fresh lease) before an I/O error is returned.
 const ATTEMPTS: usize = 8;
 /// Writes of one chunk that found a server of the chain out of space before the write fails
@@ -514,7 +519,8 @@ impl DataPath {
             if let Err(e) = writer.flush().await {
                 return Err(send_failure(e, &mut reader).await);
             }
-            let reply = chain_reply(&mut reader).await?;
+            let wait = if ready && acked == total { CHAIN_FINISH_TIMEOUT } else { CHAIN_STEP_TIMEOUT };
+            let reply = chain_reply(&mut reader, wait).await?;
             if let Some(failure) = reported_failure(&reply) {
                 return Err(failure);
             }
@@ -564,11 +570,11 @@ fn reported_failure(reply: &DataReply) -> Option<ChainFailure> {
     }
 }
 
-/// The chain's next answer, or an error when it does not come within [`CHAIN_REPLY_TIMEOUT`].
-async fn chain_reply(reader: &mut FrameReader) -> Result<DataReply, String> {
-    match tokio::time::timeout(CHAIN_REPLY_TIMEOUT, reader.expect::<DataReply>()).await {
+/// The chain's next answer, or an error when it does not come within `wait`.
+async fn chain_reply(reader: &mut FrameReader, wait: Duration) -> Result<DataReply, String> {
+    match tokio::time::timeout(wait, reader.expect::<DataReply>()).await {
         Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer from the chain within {CHAIN_REPLY_TIMEOUT:?}")),
+        Err(_) => Err(format!("no answer from the chain within {wait:?}")),
     }
 }
 
