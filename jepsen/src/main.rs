@@ -49,7 +49,8 @@ struct RunArgs {
     workload: String,
     /// Faults, comma separated (kill-leader, kill-random, kill-majority, pause,
     /// partition-halves, partition-leader, partition-bridge, partition-ring, netem,
-    /// kill-chunkserver, corrupt, membership, restart), `mix` for all, or `none`.
+    /// kill-chunkserver, pause-chunkserver, corrupt, membership, restart), `mix` for all, or
+    /// `none`.
     #[arg(long, short, default_value = "none")]
     nemesis: String,
     /// Seconds of workload under faults (recovery and checking come after).

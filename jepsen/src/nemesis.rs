@@ -29,6 +29,7 @@ pub const FAULTS: &[&str] = &[
     "partition-ring",
     "netem",
     "kill-chunkserver",
+    "pause-chunkserver",
     "corrupt",
     "membership",
     "restart",
@@ -53,6 +54,7 @@ pub fn parse(list: &str) -> Result<Vec<String>> {
 pub enum Heal {
     StartMasters(Vec<u64>),
     Resume(Vec<u64>),
+    ResumeChunkservers(Vec<u64>),
     Network,
     StartChunkservers(Vec<u64>),
     AddMaster(u64),
@@ -225,6 +227,13 @@ pub fn start(c: &mut Cluster, name: &str) -> Result<(String, Heal)> {
             c.chunkserver_mut(id)?.kill9();
             Ok((format!("SIGKILL chunkserver {id}"), Heal::StartChunkservers(vec![id])))
         }
+        // A server that hangs with its connections open (a stuck disk, a frozen machine):
+        // readers and writers must go around it rather than wait.
+        "pause-chunkserver" => {
+            let id = c.chunkservers.choose(&mut rng).map(|d| d.id).ok_or_else(|| anyhow!("no chunkserver"))?;
+            c.chunkserver_mut(id)?.signal(Signal::SIGSTOP);
+            Ok((format!("SIGSTOP chunkserver {id}"), Heal::ResumeChunkservers(vec![id])))
+        }
         "corrupt" => corrupt(c, 3),
         "membership" => {
             let l = leader(c)?;
@@ -248,6 +257,12 @@ pub fn heal(c: &mut Cluster, h: &Heal) -> Result<()> {
         Heal::Resume(ids) => {
             for id in ids {
                 c.master_mut(*id)?.signal(Signal::SIGCONT);
+            }
+            Ok(())
+        }
+        Heal::ResumeChunkservers(ids) => {
+            for id in ids {
+                c.chunkserver_mut(*id)?.signal(Signal::SIGCONT);
             }
             Ok(())
         }
