@@ -5,12 +5,13 @@
 //! Processes run in their own process groups so they outlive `alces-cluster up`; a
 //! [`Cluster`] held by a test kills what it started when dropped (unless detached).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -157,21 +158,35 @@ pub struct Cluster {
     owned: bool,
 }
 
-/// A loopback address whose port is free now and outside the kernel's range of ephemeral
-/// ports: a port taken from that range (`bind(":0")`) and released can be handed to some
-/// outgoing connection before the process meant to listen on it binds it.
+/// Ports [`free_addr`] handed out in this process. A port is free until the daemon it was
+/// chosen for binds it, seconds later: two clusters started at once (tests run on parallel
+/// threads) could otherwise be given the same one, and the daemon that binds it second
+/// exits.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A loopback address whose port is free now, not handed out before by this process, and
+/// outside the kernel's range of ephemeral ports: a port taken from that range (`bind(":0")`)
+/// and released can be handed to some outgoing connection before the process meant to
+/// listen on it binds it.
 pub fn free_addr() -> Result<SocketAddr> {
     let (low, high) = ephemeral_ports();
     // Below the ephemeral range if there is room, else above it.
     let (from, to) = if low > 12_000 { (10_000, low) } else { (high.saturating_add(1).max(10_000), 65_535) };
     let mut rng = rand::thread_rng();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..200 {
         let port = rng.gen_range(from..to);
+        if handed_out.contains(&port) {
+            continue;
+        }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            handed_out.insert(port);
             return Ok(l.local_addr()?);
         }
     }
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    handed_out.insert(addr.port());
+    Ok(addr)
 }
 
 /// `/proc/sys/net/ipv4/ip_local_port_range` (Linux's default if unreadable).
@@ -300,6 +315,10 @@ impl Cluster {
             c.start_master(c.file.masters[i].id)?;
         }
         c.wait_leader(Duration::from_secs(60)).map_err(|e| c.explain(e))?;
+        // A leader needs a majority only: a master that could not start must not go unseen.
+        if let Some(m) = c.file.masters.iter().find(|m| !alive(m.pid)) {
+            return Err(c.explain(anyhow!("master {} exited while the cluster started", m.id)));
+        }
         let master_cs = c.file.masters.iter().map(|m| m.cs_addr.clone()).collect::<Vec<_>>().join(",");
         for id in 1..=layout.chunkservers as u64 {
             let cdir = dir.join(format!("cs{id}"));
@@ -661,4 +680,18 @@ pub fn unmount(path: &Path) {
         }
     }
     let _ = Command::new("umount").arg("-l").arg(path).status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 500 random picks from the ports below the ephemeral range would almost surely repeat
+    /// one (about 22000 to choose from); handed out ports are never handed out again.
+    #[test]
+    fn free_addr_never_hands_out_a_port_twice() {
+        let picks: Vec<u16> = (0..500).map(|_| free_addr().expect("a free port").port()).collect();
+        let distinct: BTreeSet<u16> = picks.iter().copied().collect();
+        assert_eq!(distinct.len(), picks.len(), "a port was handed out twice");
+    }
 }
