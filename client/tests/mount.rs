@@ -151,6 +151,20 @@ fn round_trips_saved(cluster: &Cluster, mnt: &Path) -> Result<()> {
     let asked = requests_answered(cluster, "get_attr")? - before;
     ensure!(asked < 20, "{asked} attribute requests for 100 changes in one folder");
 
+    // A small folder is listed in one request, so in one state of the folder.
+    for i in 0..30 {
+        fs::File::create(d.join(format!("l{i}")))?;
+    }
+    let before = requests_answered(cluster, "read_dir")?;
+    for _ in 0..10 {
+        ensure!(fs::read_dir(&d)?.count() == 30, "30 names listed");
+    }
+    let asked = requests_answered(cluster, "read_dir")? - before;
+    ensure!(asked == 10, "{asked} folder reads for 10 listings of a folder of 30 names");
+    for i in 0..30 {
+        fs::remove_file(d.join(format!("l{i}")))?;
+    }
+
     for i in 0..20 {
         fs::write(d.join(format!("s{i}")), format!("small file {i}"))?;
     }

@@ -31,7 +31,7 @@ const PER_CONNECTION: usize = 256;
 /// Client connections, at most.
 const MAX_CONNECTIONS: usize = 4096;
 /// Entries in one readdir reply, at most.
-const READDIR_MAX: usize = 4096;
+const READDIR_MAX: usize = alces_proto::link::client_master::READDIR_MAX as usize;
 
 type Res = Result<ClientReply, ClientError>;
 

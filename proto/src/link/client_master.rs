@@ -100,6 +100,9 @@ pub struct SessionView {
     pub meta: bool,
 }
 
+/// Entries of one `ReadDir` answer, at most.
+pub const READDIR_MAX: u32 = 4096;
+
 /// The name of each request (`lookup`, `write_chunk`, ...) labels the master's operation
 /// counters and latency histograms.
 #[derive(Debug, Clone, Serialize, Deserialize, strum::IntoStaticStr)]
@@ -171,7 +174,8 @@ pub enum ClientRequest {
     OpenDir {
         inode: Inode,
     },
-    /// Entries after `after` in name order; with `plus`, attributes too.
+    /// Entries after `after` in name order, `min(limit, READDIR_MAX)` of them unless fewer
+    /// are left (a shorter answer is the end of the folder); with `plus`, attributes too.
     ReadDir {
         inode: Inode,
         after: Option<Name>,
