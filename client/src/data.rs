@@ -329,21 +329,22 @@ impl DataPath {
         let mut waiting = self.read_order(locations, prefer).into_iter().peekable();
         let ask =
             |loc: &'a ChunkLocation| async move { (loc, self.read_replica(loc, chunk, version, offset, len).await) };
-        let mut asked: Vec<(&ChunkLocation, Instant)> = Vec::new();
+        // In the order asked: the replicas before the one that answers were waited for in vain.
+        let mut asked: Vec<&ChunkLocation> = Vec::new();
         let mut running = FuturesUnordered::new();
         let mut last = Status::Io;
         loop {
             if running.is_empty() {
                 let Some(loc) = waiting.next() else { return Err(last) };
-                asked.push((loc, Instant::now()));
+                asked.push(loc);
                 running.push(ask(loc));
             }
             let hedge = tokio::time::sleep(HEDGE_AFTER);
             tokio::select! {
                 Some((loc, result)) = running.next() => match result {
                     Ok(data) => {
-                        let started = asked.iter().find(|(l, _)| l.addr == loc.addr).map(|(_, t)| *t);
-                        self.mark_slow(asked.iter().filter(|(l, t)| l.addr != loc.addr && Some(*t) < started), loc);
+                        let pos = asked.iter().position(|l| l.addr == loc.addr).unwrap_or(asked.len());
+                        self.mark_slow(&asked[..pos], loc);
                         return Ok(data);
                     }
                     Err(ReadFailure::Bad(e)) => {
@@ -360,7 +361,7 @@ impl DataPath {
                 _ = hedge, if waiting.peek().is_some() => {
                     let loc = waiting.next().expect("peeked");
                     tracing::debug!(chunk = %chunk.hex(), server = %loc.addr, "a replica is slow, asking another");
-                    asked.push((loc, Instant::now()));
+                    asked.push(loc);
                     running.push(ask(loc));
                 }
             }
@@ -369,10 +370,10 @@ impl DataPath {
 
     /// Marks servers that a read waited for in vain, and clears the mark of the one that
     /// answered.
-    fn mark_slow<'a>(&self, servers: impl Iterator<Item = &'a (&'a ChunkLocation, Instant)>, answered: &ChunkLocation) {
+    fn mark_slow(&self, servers: &[&ChunkLocation], answered: &ChunkLocation) {
         let mut slow = self.slow.lock().expect("slow servers lock");
         slow.remove(&answered.addr);
-        for (loc, _) in servers {
+        for loc in servers {
             tracing::info!(server = %loc.addr, "a read waited for this chunkserver in vain; asking it last for a while");
             slow.insert(loc.addr.clone(), Instant::now() + SLOW_FOR);
         }

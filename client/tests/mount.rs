@@ -605,7 +605,6 @@ fn a_full_cluster_answers_enospc_and_keeps_what_it_has() -> Result<()> {
 /// after 5 s without an answer (it waited 20 s) and goes on without that server.
 #[test]
 fn reads_and_writes_go_around_a_chunkserver_that_stops_answering() -> Result<()> {
-    use nix::unistd::Pid;
     let dir = alces_testkit::temp_dir("alces-mount-hung-");
     let mnt = dir.path().join("mnt");
     let cluster = start(dir.path(), Some(mnt.clone()), None, 30)?;
@@ -622,40 +621,42 @@ fn reads_and_writes_go_around_a_chunkserver_that_stops_answering() -> Result<()>
         .collect();
     ensure!(holders.len() == 2, "the chunk has copies on {holders:?}, not on 2 servers");
     for addr in &holders {
-        let cs = cluster.file.chunkservers.iter().find(|c| &c.addr == addr).context("a holder")?;
-        let pid = Pid::from_raw(cs.pid as i32);
         fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the kernel's caches")?;
-        nix::sys::signal::kill(pid, Signal::SIGSTOP)?;
-        let started = Instant::now();
-        let read = fs::read(&path);
-        let took = started.elapsed();
-        nix::sys::signal::kill(pid, Signal::SIGCONT)?;
-        let read = read.with_context(|| format!("reading with chunkserver {} stopped", cs.id))?;
-        eprintln!("chunkserver {} ({addr}) stopped: 8 MiB read in {took:?}", cs.id);
-        ensure!(read == data, "the file reads back differently with chunkserver {} stopped", cs.id);
-        ensure!(took < Duration::from_secs(10), "the read waited {took:?} for the stopped chunkserver {}", cs.id);
+        let (id, took, read) = while_stopped(&cluster, addr, || fs::read(&path))?;
+        let read = read.with_context(|| format!("reading with chunkserver {id} stopped"))?;
+        eprintln!("chunkserver {id} ({addr}) stopped: 8 MiB read in {took:?}");
+        ensure!(read == data, "the file reads back differently with chunkserver {id} stopped");
+        ensure!(took < Duration::from_secs(10), "the read waited {took:?} for the stopped chunkserver {id}");
         wait_for("both copies valid again", Duration::from_secs(30), || Ok(valid_copies(&cluster, &path)? == [2]))?;
     }
-    let cs = cluster.file.chunkservers.iter().find(|c| c.addr == holders[0]).context("a holder")?;
-    let pid = Pid::from_raw(cs.pid as i32);
     let patch = pseudo_random_bytes(10, 4096);
-    nix::sys::signal::kill(pid, Signal::SIGSTOP)?;
-    let started = Instant::now();
-    let written = (|| -> Result<()> {
+    let (id, took, written) = while_stopped(&cluster, &holders[0], || -> Result<()> {
         let mut f = fs::OpenOptions::new().write(true).open(&path)?;
         f.seek(SeekFrom::Start(1 << 20))?;
         f.write_all(&patch)?;
         f.sync_all()?;
         Ok(())
-    })();
-    let took = started.elapsed();
-    nix::sys::signal::kill(pid, Signal::SIGCONT)?;
-    written.with_context(|| format!("writing with chunkserver {} stopped", cs.id))?;
-    eprintln!("chunkserver {} stopped: 4 KiB written and synced in {took:?}", cs.id);
-    ensure!(took < Duration::from_secs(12), "the write waited {took:?} for the stopped chunkserver {}", cs.id);
+    })?;
+    written.with_context(|| format!("writing with chunkserver {id} stopped"))?;
+    eprintln!("chunkserver {id} stopped: 4 KiB written and synced in {took:?}");
+    ensure!(took < Duration::from_secs(12), "the write waited {took:?} for the stopped chunkserver {id}");
     fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the kernel's caches")?;
     let mut want = data;
     want[1 << 20..(1 << 20) + 4096].copy_from_slice(&patch);
     ensure!(fs::read(&path)? == want, "the file reads back differently after the write");
     Ok(())
+}
+
+/// Runs `action` while the chunkserver at `addr` is stopped (SIGSTOP, SIGCONT after): the
+/// server's id, how long the action took, and what it returned.
+fn while_stopped<T>(cluster: &Cluster, addr: &str, action: impl FnOnce() -> T) -> Result<(u64, Duration, T)> {
+    use nix::unistd::Pid;
+    let cs = cluster.file.chunkservers.iter().find(|c| c.addr == addr).context("a holder")?;
+    let pid = Pid::from_raw(cs.pid as i32);
+    nix::sys::signal::kill(pid, Signal::SIGSTOP)?;
+    let started = Instant::now();
+    let out = action();
+    let took = started.elapsed();
+    nix::sys::signal::kill(pid, Signal::SIGCONT)?;
+    Ok((cs.id, took, out))
 }
