@@ -1300,6 +1300,22 @@ impl Filesystem for AlcesFs {
         });
     }
 
+    /// No ioctl is supported: ENOTTY, as a local file answers the terminal ioctls that
+    /// programs send to learn whether a file is a terminal (Python's `open`, every time).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn create(
         &self,
         req: &Request,
