@@ -186,7 +186,7 @@ async fn write_chain(
 ) -> Result<()> {
     let head = chain.first().ok_or_else(|| anyhow!("empty chain"))?;
     let conn = pool.get(&head.addr).await?;
-    conn.writer.send(&DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec() }).await?;
+    conn.writer.send(&DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec(), create: false }).await?;
     match reply(conn).await? {
         DataReply::WriteReady => {}
         other => bail!("chain refused the write: {other:?}"),

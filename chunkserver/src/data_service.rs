@@ -134,8 +134,8 @@ async fn connection(store: Arc<Store>, cfg: DataConfig, stream: tokio::net::TcpS
                 };
                 tx.send(reply).is_ok()
             }
-            PeerDataRequest::Chain(DataRequest::WriteStart { chunk, version, chain }) => {
-                write_session(&store, &cfg, &mut incoming, &tx, chunk, version, chain).await
+            PeerDataRequest::Chain(DataRequest::WriteStart { chunk, version, chain, create }) => {
+                write_session(&store, &cfg, &mut incoming, &tx, (chunk, version, create), chain).await
             }
             PeerDataRequest::Chain(other) => {
                 let _ =
@@ -274,13 +274,12 @@ pub async fn dial_peer(me: ChunkserverId, secret: &Secret, peer: &ChunkLocation)
 
 async fn open_downstream(
     cfg: &DataConfig,
-    chunk: ChunkId,
-    version: ChunkVersion,
+    (chunk, version, create): (ChunkId, ChunkVersion, bool),
     chain: &[ChunkLocation],
 ) -> Result<(Downstream, mpsc::UnboundedReceiver<Result<DataReply, DataError>>), DataError> {
     let next = &chain[0];
     let broken = |reason: String| DataError::Chain { server: next.id, reason };
-    let start = PeerDataRequest::Chain(DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec() });
+    let start = PeerDataRequest::Chain(DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec(), create });
     // An idle connection first; one the next server closed meanwhile (it restarted) fails at
     // once, and a new one is made.
     let mut answer = None;
@@ -333,14 +332,14 @@ async fn open_downstream(
     Ok((Downstream { writer, server, addr: next.addr.clone(), replies }, rx))
 }
 
-/// Serves one chained write after `WriteStart`; returns whether the connection may go on.
+/// Serves one chained write after `WriteStart` (of `chunk` at `version`, a new chunk if
+/// `create`); returns whether the connection may go on.
 async fn write_session(
     store: &Arc<Store>,
     cfg: &DataConfig,
     incoming: &mut Incoming<'_>,
     tx: &mpsc::UnboundedSender<Out>,
-    chunk: ChunkId,
-    version: ChunkVersion,
+    (chunk, version, create): (ChunkId, ChunkVersion, bool),
     chain: Vec<ChunkLocation>,
 ) -> bool {
     let peer = incoming.peer;
@@ -348,22 +347,40 @@ async fn write_session(
         let _ = tx.send(wrap(peer, DataReply::WriteFailed { id, error }));
         false
     };
-    match store.version_of(chunk).await {
-        Some(v) if v == version => {}
-        Some(have) => return fail(0, DataError::WrongVersion { have }),
-        None => return fail(0, DataError::NoChunk),
-    }
-    let mut downstream = None;
-    let mut remote_rx = None;
-    if !chain.is_empty() {
-        match open_downstream(cfg, chunk, version, &chain).await {
-            Ok((d, rx)) => {
-                downstream = Some(d);
-                remote_rx = Some(rx);
-            }
-            Err(e) => return fail(0, e),
+    let here = async {
+        match create {
+            true => store.create_for_write(chunk, version).await,
+            false => match store.version_of(chunk).await {
+                Some(v) if v == version => Ok(()),
+                Some(have) => Err(DataError::WrongVersion { have }),
+                None => Err(DataError::NoChunk),
+            },
         }
+    };
+    let next = async {
+        match chain.is_empty() {
+            true => Ok(None),
+            false => open_downstream(cfg, (chunk, version, create), &chain).await.map(Some),
+        }
+    };
+    // A new chunk's replica is made here while the next server makes its own (a file's
+    // creation can wait for the disk's journal); an existing chunk's version is checked
+    // before the next server is asked.
+    let (here, next) = match create {
+        true => tokio::join!(here, next),
+        false => match here.await {
+            Ok(()) => (Ok(()), next.await),
+            Err(e) => (Err(e), Ok(None)),
+        },
+    };
+    if let Err(e) = here {
+        return fail(0, e);
     }
+    let (mut downstream, mut remote_rx) = match next {
+        Ok(Some((d, rx))) => (Some(d), Some(rx)),
+        Ok(None) => (None, None),
+        Err(e) => return fail(0, e),
+    };
     if tx.send(wrap(peer, DataReply::WriteReady)).is_err() {
         return false;
     }

@@ -420,13 +420,45 @@ impl Store {
     /// as synced.
     pub async fn create(&self, id: ChunkId, version: ChunkVersion) -> Result<(), DataError> {
         self.drop_existing(id).await;
+        self.create_empty(id, version).await?.map_err(io_error)
+    }
+
+    /// The start of a write to a new chunk: creates an empty replica at `version` (as
+    /// [`Store::create`] does) unless one is there at that version already, from an earlier
+    /// write under the same lease. A replica at another version is left alone: the write
+    /// fails with `WrongVersion`.
+    pub async fn create_for_write(&self, id: ChunkId, version: ChunkVersion) -> Result<(), DataError> {
+        let present = || async {
+            match self.version_of(id).await {
+                Some(v) if v == version => Ok(true),
+                Some(have) => Err(DataError::WrongVersion { have }),
+                None => Ok(false),
+            }
+        };
+        if present().await? {
+            return Ok(());
+        }
+        match self.create_empty(id, version).await? {
+            Ok(()) => Ok(()),
+            // Made by a write that started at the same time.
+            Err(ChunkError::Exists(path)) => match present().await? {
+                true => Ok(()),
+                false => Err(DataError::Io(format!("{} exists but holds no replica", path.display()))),
+            },
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    /// Creates an empty replica file in the folder with the most room and adds it to the index.
+    async fn create_empty(&self, id: ChunkId, version: ChunkVersion) -> Result<Result<(), ChunkError>, DataError> {
         let folder = self.choose_folder()?;
         let path = self.folders.path(folder, default_subfolder(id), id, version);
-        let file = tokio::task::spawn_blocking(move || ChunkFile::create(&path, id, version))
-            .await
-            .map_err(join_error)?
-            .map_err(io_error)?;
-        self.install(id, version, folder, file, true)
+        let file =
+            tokio::task::spawn_blocking(move || ChunkFile::create(&path, id, version)).await.map_err(join_error)?;
+        Ok(match file {
+            Ok(file) => self.install(id, version, folder, file, true).map(Ok)?,
+            Err(e) => Err(e),
+        })
     }
 
     /// Order: move a replica to a new version (optionally cutting it to `length`).

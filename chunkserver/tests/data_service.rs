@@ -83,8 +83,18 @@ async fn read(addr: &str, chunk: ChunkId, version: ChunkVersion, offset: u32, le
 
 /// Writes `pieces` through the chain `head, rest...` and syncs; splits at block boundaries.
 async fn write(chain: &[ChunkLocation], chunk: ChunkId, pieces: &[(u32, Vec<u8>)]) -> Result<(), String> {
+    write_new(chain, chunk, false, pieces).await
+}
+
+/// [`write`], to a new chunk (whose replicas the chain creates) if `create`.
+async fn write_new(
+    chain: &[ChunkLocation],
+    chunk: ChunkId,
+    create: bool,
+    pieces: &[(u32, Vec<u8>)],
+) -> Result<(), String> {
     let mut c = client(&chain[0].addr).await;
-    let start = DataRequest::WriteStart { chunk, version: V1, chain: chain[1..].to_vec() };
+    let start = DataRequest::WriteStart { chunk, version: V1, chain: chain[1..].to_vec(), create };
     match c.call::<_, DataReply>(&start, Duration::from_secs(10)).await {
         Ok(DataReply::WriteReady) => {}
         other => return Err(format!("write start: {other:?}")),
@@ -120,6 +130,45 @@ fn moosefs_fixture_content() -> Vec<u8> {
     v.resize(300_000, 0);
     v.extend(std::iter::repeat_n(0xAB, 1000));
     v
+}
+
+/// A write to a new chunk (`create`) makes its replica on every server of the chain; a second
+/// write under the same lease finds them there and keeps what the first wrote; a replica at
+/// another version is neither replaced nor written.
+#[tokio::test]
+async fn a_write_to_a_new_chunk_creates_its_replicas_along_the_chain() {
+    let tmp = alces_testkit::temp_dir("alces-cs-new-");
+    let nodes = [
+        Node::start(1, &[(folder(tmp.path(), "a"), false)]).await,
+        Node::start(2, &[(folder(tmp.path(), "b"), false)]).await,
+    ];
+    let chain: Vec<ChunkLocation> = nodes.iter().map(Node::location).collect();
+    let chunk = ChunkId(7);
+    let first = pseudo_random_bytes(1, 3 * BLOCK + 100);
+    let refused = write(&chain, chunk, &[(0, first.clone())]).await.expect_err("a write to a chunk nobody has");
+    assert!(refused.contains("NoChunk"), "{refused}");
+    write_new(&chain, chunk, true, &[(0, first.clone())]).await.expect("the first write to a new chunk");
+    let second = pseudo_random_bytes(2, 1000);
+    write_new(&chain, chunk, true, &[(first.len() as u32, second.clone())])
+        .await
+        .expect("a second write under the lease");
+    let mut want = first;
+    want.extend(&second);
+    for n in &nodes {
+        assert_eq!(n.store.version_of(chunk).await, Some(V1));
+        let got = read(&n.addr, chunk, V1, 0, want.len() as u32).await.expect("reading the new chunk");
+        assert!(got == want, "server {} holds other bytes", n.id);
+    }
+
+    let other = ChunkId(8);
+    nodes[1].store.create(other, ChunkVersion(2)).await.expect("a replica at version 2");
+    let refused = write_new(&chain, other, true, &[(0, vec![1; 10])]).await.expect_err("a new chunk at version 1");
+    assert!(refused.contains("WrongVersion") || refused.contains("version 2"), "{refused}");
+    assert_eq!(nodes[1].store.version_of(other).await, Some(ChunkVersion(2)));
+    assert_eq!(nodes[1].store.length(other, ChunkVersion(2)).await, Ok(0));
+    for n in nodes {
+        n.shut_down().await;
+    }
 }
 
 #[tokio::test]
@@ -256,7 +305,7 @@ async fn a_chain_that_loses_its_middle_server_fails_the_write_and_every_acknowle
     }
     let chain: Vec<ChunkLocation> = nodes.iter().map(Node::location).collect();
     let mut c = client(&chain[0].addr).await;
-    let start = DataRequest::WriteStart { chunk, version: V1, chain: chain[1..].to_vec() };
+    let start = DataRequest::WriteStart { chunk, version: V1, chain: chain[1..].to_vec(), create: false };
     assert!(matches!(c.call::<_, DataReply>(&start, Duration::from_secs(10)).await, Ok(DataReply::WriteReady)));
 
     // Write block after block; stop the middle server after 100 acknowledged pieces.

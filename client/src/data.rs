@@ -431,7 +431,7 @@ impl DataPath {
             let ClientReply::WriteLease { chunk, version, chain, new_chunk, .. } = lease else {
                 return Err(Status::Io);
             };
-            match self.write_chain(chunk, version, &chain, pieces).await {
+            match self.write_chain((chunk, version, new_chunk), &chain, pieces).await {
                 Ok(()) => {
                     let end =
                         ClientRequest::WriteEnd { inode, index, chunk, size, added: new_chunk.then_some(version) };
@@ -469,10 +469,11 @@ impl DataPath {
         Err(Status::Io)
     }
 
+    /// Writes `pieces` through `chain` to `chunk` at `version`, a new chunk (whose replicas
+    /// the chain creates) if `create`.
     async fn write_chain(
         &self,
-        chunk: ChunkId,
-        version: ChunkVersion,
+        (chunk, version, create): (ChunkId, ChunkVersion, bool),
         chain: &[ChunkLocation],
         pieces: &[(u32, &[u8])],
     ) -> Result<(), ChainFailure> {
@@ -483,7 +484,7 @@ impl DataPath {
         // ready or for the pieces before the finish to be acknowledged: the head reads them
         // in order once the chain is up, and answers ready, each piece, then the finish (or
         // a failure, after which it closes the connection).
-        let start = DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec() };
+        let start = DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec(), create };
         if let Err(e) = writer.feed(&start).await {
             return Err(send_failure(e, &mut reader).await);
         }

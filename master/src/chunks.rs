@@ -334,16 +334,31 @@ impl Master {
             if let Some(reply) = self.reuse_unrecorded(session, file.size, inode, index, after_failure)? {
                 return Ok(reply);
             }
-            // A new chunk: its replicas now, its record and version with the first write end.
-            // The lease is taken before the replicas exist, so that the orphan collection
-            // leaves them alone from the start.
+            // A new chunk: its record and version come with the first write end. The lease
+            // is taken before any replica exists, so that the orphan collection leaves them
+            // alone from the start.
             let chunk = self.new_chunk_id().await?;
             let version = self.next_version(chunk, ChunkVersion(0));
+            let unrecorded = Some(((inode, index), self.term()));
+            if !after_failure {
+                // The chain makes the replicas as it writes (the client's start says so):
+                // no orders to wait for.
+                let chain = self.topology.place(goal, &[]);
+                if chain.is_empty() {
+                    return Err(match self.topology.all_full() {
+                        true => Status::NoSpace.into(),
+                        false => ClientError::Unavailable(format!("no chunkserver can take chunk {}", chunk.hex())),
+                    });
+                }
+                return Ok(self.grant(session, file.size, chunk, version, chain, unrecorded));
+            }
+            // After a failed write the replicas are made by orders first, and the chain is
+            // the servers that made theirs: a server that is full or gone drops out of it
+            // rather than failing the write again.
             let targets = self.create_orders(goal, chunk, version);
             if targets.is_empty() && self.topology.all_full() {
                 return Err(Status::NoSpace.into());
             }
-            let unrecorded = Some(((inode, index), self.term()));
             self.grant(session, file.size, chunk, version, Vec::new(), unrecorded);
             let created = self.bump(chunk, version, targets, false, None).await;
             let mut unrecorded = self.leases.unrecorded.lock().expect("lease lock");
@@ -553,12 +568,14 @@ impl Master {
                     let reply = self.propose(OpBody::AddChunkEnd { inode, index, chunk, version, size }).await;
                     let mut unrecorded = self.leases.unrecorded.lock().expect("lease lock");
                     let mut leases = self.leases.leases.lock().expect("lease lock");
+                    let mut written = Vec::new();
                     match reply {
                         Ok(_) => {
                             // Recorded: from now on an ordinary lease on an existing chunk.
                             unrecorded.remove(&(inode, index));
                             if let Some(l) = leases.get_mut(&chunk) {
                                 l.unrecorded = None;
+                                written = l.chain.clone();
                             }
                         }
                         Err(ClientError::Status(Status::Exists)) => {
@@ -570,6 +587,11 @@ impl Master {
                         Err(_) => {}
                     }
                     drop((unrecorded, leases));
+                    // Every server of the chain that wrote the chunk has a replica (its own
+                    // report of it may still be on the way).
+                    for server in written {
+                        self.topology.set_replica_version(chunk, server.id, version);
+                    }
                     return self.end_reply(chunk, reply?);
                 }
                 if self.read().await?.file_chunk(inode, index)?.map(|(id, _)| id) != Some(chunk) {

@@ -23,7 +23,7 @@ use sha2::Sha256;
 use crate::frame::{Connection, FrameError};
 
 /// Bumped whenever a message enum changes incompatibly.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// "ALCS": refuses connections from something that is not an Alces peer at all.
 const MAGIC: u32 = 0x414c_4353;

@@ -9,6 +9,10 @@
 //! every server of the chain has written it. `WriteFinish` makes everything durable on every
 //! server (fsync) before `WriteFinished`. Any failure ends the write session with
 //! `WriteFailed`; the client asks the master for a new lease and writes again.
+//!
+//! A write to a new chunk (`create`) makes the chunk's replicas: each server of the chain
+//! creates an empty replica at `version` unless it holds one at that version already, so a
+//! new chunk costs the master no orders to the chunkservers before its lease.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -34,6 +38,8 @@ pub enum DataRequest {
         chunk: ChunkId,
         version: ChunkVersion,
         chain: Vec<ChunkLocation>,
+        /// A new chunk: a server without a replica creates an empty one at `version`.
+        create: bool,
     },
     /// `offset` within the chunk. Pieces of whole, aligned 64 KiB blocks are written without a
     /// read-modify-write.

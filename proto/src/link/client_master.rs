@@ -406,7 +406,8 @@ pub enum ClientReply {
         locations: Vec<ChunkLocation>,
     },
     /// A write lease: write blocks to `chain[0]`, which forwards along the chain.
-    /// `new_chunk`: the chunk is not recorded in the file yet; its write end says so.
+    /// `new_chunk`: the chunk is not recorded in the file yet; its write end says so, and the
+    /// write's start asks the chain to create the replicas it lacks.
     WriteLease {
         file_size: u64,
         chunk: ChunkId,
