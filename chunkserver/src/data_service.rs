@@ -350,10 +350,10 @@ async fn write_session(
     let here = async {
         match create {
             true => store.create_for_write(chunk, version).await,
-            false => match store.version_of(chunk).await {
-                Some(v) if v == version => Ok(()),
-                Some(have) => Err(DataError::WrongVersion { have }),
-                None => Err(DataError::NoChunk),
+            false => match store.holds(chunk, version).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(DataError::NoChunk),
+                Err(e) => Err(e),
             },
         }
     };

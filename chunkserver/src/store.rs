@@ -355,6 +355,16 @@ impl Store {
         (!st.gone).then_some(st.version)
     }
 
+    /// Whether there is a replica of `id` at `version` (false: none at all); a replica at
+    /// another version is `WrongVersion`.
+    pub async fn holds(&self, id: ChunkId, version: ChunkVersion) -> Result<bool, DataError> {
+        match self.version_of(id).await {
+            Some(v) if v == version => Ok(true),
+            Some(have) => Err(DataError::WrongVersion { have }),
+            None => Ok(false),
+        }
+    }
+
     fn announce_added(&self, id: ChunkId, st: &SlotState) {
         let _ = self.events.send(StoreEvent::Added(self.state_of(id, st)));
     }
@@ -428,20 +438,13 @@ impl Store {
     /// write under the same lease. A replica at another version is left alone: the write
     /// fails with `WrongVersion`.
     pub async fn create_for_write(&self, id: ChunkId, version: ChunkVersion) -> Result<(), DataError> {
-        let present = || async {
-            match self.version_of(id).await {
-                Some(v) if v == version => Ok(true),
-                Some(have) => Err(DataError::WrongVersion { have }),
-                None => Ok(false),
-            }
-        };
-        if present().await? {
+        if self.holds(id, version).await? {
             return Ok(());
         }
         match self.create_empty(id, version).await? {
             Ok(()) => Ok(()),
             // Made by a write that started at the same time.
-            Err(ChunkError::Exists(path)) => match present().await? {
+            Err(ChunkError::Exists(path)) => match self.holds(id, version).await? {
                 true => Ok(()),
                 false => Err(DataError::Io(format!("{} exists but holds no replica", path.display()))),
             },

@@ -340,25 +340,22 @@ impl Master {
             let chunk = self.new_chunk_id().await?;
             let version = self.next_version(chunk, ChunkVersion(0));
             let unrecorded = Some(((inode, index), self.term()));
+            let places = self.topology.place(goal, &[]);
+            if places.is_empty() {
+                return Err(match self.topology.all_full() {
+                    true => Status::NoSpace.into(),
+                    false => ClientError::Unavailable(format!("no chunkserver can take chunk {}", chunk.hex())),
+                });
+            }
             if !after_failure {
                 // The chain makes the replicas as it writes (the client's start says so):
                 // no orders to wait for.
-                let chain = self.topology.place(goal, &[]);
-                if chain.is_empty() {
-                    return Err(match self.topology.all_full() {
-                        true => Status::NoSpace.into(),
-                        false => ClientError::Unavailable(format!("no chunkserver can take chunk {}", chunk.hex())),
-                    });
-                }
-                return Ok(self.grant(session, file.size, chunk, version, chain, unrecorded));
+                return Ok(self.grant(session, file.size, chunk, version, places, unrecorded));
             }
             // After a failed write the replicas are made by orders first, and the chain is
             // the servers that made theirs: a server that is full or gone drops out of it
             // rather than failing the write again.
-            let targets = self.create_orders(goal, chunk, version);
-            if targets.is_empty() && self.topology.all_full() {
-                return Err(Status::NoSpace.into());
-            }
+            let targets = Self::create_orders(places, chunk, version);
             self.grant(session, file.size, chunk, version, Vec::new(), unrecorded);
             let created = self.bump(chunk, version, targets, false, None).await;
             let mut unrecorded = self.leases.unrecorded.lock().expect("lease lock");
@@ -392,7 +389,7 @@ impl Master {
                 .map(|l| (l, ChunkOrder::Duplicate { from: (old, old_v), to: (chunk, new_version), length: None }))
                 .collect(),
             // Version 0: a record allocated before any replica existed, by a leader that died.
-            None if version.0 == 0 => self.create_orders(goal, chunk, new_version),
+            None if version.0 == 0 => Self::create_orders(self.topology.place(goal, &[]), chunk, new_version),
             None => self
                 .topology
                 .current_copies(chunk, version)
@@ -524,9 +521,13 @@ impl Master {
         added
     }
 
-    /// Orders creating `goal` empty replicas of `chunk` at `version`, on the servers chosen.
-    fn create_orders(&self, goal: usize, chunk: ChunkId, version: ChunkVersion) -> Vec<(ChunkLocation, ChunkOrder)> {
-        self.topology.place(goal, &[]).into_iter().map(|l| (l, ChunkOrder::Create { chunk, version })).collect()
+    /// Orders creating empty replicas of `chunk` at `version` on `places`.
+    fn create_orders(
+        places: Vec<ChunkLocation>,
+        chunk: ChunkId,
+        version: ChunkVersion,
+    ) -> Vec<(ChunkLocation, ChunkOrder)> {
+        places.into_iter().map(|l| (l, ChunkOrder::Create { chunk, version })).collect()
     }
 
     /// Records a write lease of `session` on a chunk whose replicas are at `version`.
