@@ -136,7 +136,7 @@ mod tests {
     /// `ops/examples/chunkserver.cfg` and `hdd.cfg` are what they say.
     #[test]
     fn the_example_configs_are_valid() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples");
+        let dir = alces_testkit::crate_dir().join("../ops/examples");
         let mut s = Settings::defaults(KEYS);
         s.apply_file(&dir.join("chunkserver.cfg")).unwrap();
         s.apply_text(std::path::Path::new("test"), "CLUSTER_SECRET = x").unwrap();

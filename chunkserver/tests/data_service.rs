@@ -177,7 +177,7 @@ async fn a_chunk_file_written_by_moosefs_3_is_read_in_place_and_can_be_extended(
     let hdd = folder(tmp.path(), "hdd");
     let name = "chunk_0000000000000001_00000001.mfs";
     std::fs::create_dir_all(hdd.join("00")).unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/00").join(name);
+    let fixture = alces_testkit::crate_dir().join("tests/data/00").join(name);
     std::fs::copy(&fixture, hdd.join("00").join(name)).unwrap();
     let chunk = ChunkId(1);
 

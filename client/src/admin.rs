@@ -46,7 +46,8 @@ pub struct AdminArgs {
     /// takes the place of -H.
     #[arg(long, global = true, value_name = "DIR")]
     cluster: Option<PathBuf>,
-    /// The masters' ADMIN_TOKEN, needed by every change.
+    /// The masters' ADMIN_TOKEN, needed by every change (with --cluster: the local cluster's,
+    /// when not given).
     #[arg(long, global = true, env = "ALCES_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[command(subcommand)]
@@ -93,6 +94,15 @@ enum AdminCmd {
 
 impl AdminArgs {
     /// The admin addresses to start from.
+    /// `--token`, else the local cluster's (`--cluster DIR`).
+    fn token(&self) -> Result<Option<String>> {
+        match (&self.token, &self.cluster) {
+            (Some(t), _) => Ok(Some(t.clone())),
+            (None, Some(dir)) => ClusterFile::read(dir)?.admin_token(),
+            (None, None) => Ok(None),
+        }
+    }
+
     fn masters(&self) -> Result<Vec<String>> {
         if let Some(dir) = &self.cluster {
             let file = ClusterFile::read(dir)?;
@@ -129,7 +139,7 @@ fn explain(e: CallError) -> anyhow::Error {
 
 /// Runs one admin command; `json` prints JSON instead of text.
 pub fn run(args: &AdminArgs, json: bool) -> Result<()> {
-    let c = AdminClient::new(args.masters()?, args.token.clone());
+    let c = AdminClient::new(args.masters()?, args.token()?);
     let out = Out { json };
     match &args.cmd {
         AdminCmd::Status => status(&c, out),

@@ -17,7 +17,7 @@ const TOKEN: &str = "moose-admin-token";
 
 fn start(dir: &Path, chunkservers: usize) -> Result<Cluster> {
     let mut layout = Layout::new(dir, 3, chunkservers)?;
-    layout.master_extra.push(format!("ADMIN_TOKEN = {TOKEN}"));
+    layout.admin_token = TOKEN.into();
     Cluster::up(&layout)
 }
 
@@ -134,11 +134,11 @@ fn status_token_checks_leader_transfer_and_snapshots() -> Result<()> {
 
     // Changes without the token, or with a wrong one, are refused and say which.
     let follower = c.file.masters.iter().find(|m| m.id != leader).context("a follower")?;
-    let err = admin_fails(&c, &["--cluster", &dir, "remove", &follower.id.to_string()])?;
+    let err = admin_fails(&c, &["-H", &follower.admin_addr, "remove", &follower.id.to_string()])?;
     ensure!(err.contains("needs the admin token and none was given") && err.contains("--token"), "{err}");
     let err = admin_fails(&c, &["--cluster", &dir, "--token", "wrong", "transfer-leader"])?;
     ensure!(err.contains("refused the admin token") && !err.contains("none was given"), "{err}");
-    let err = admin_fails(&c, &["--cluster", &dir, "snapshot"])?;
+    let err = admin_fails(&c, &["-H", &follower.admin_addr, "snapshot"])?;
     ensure!(err.contains("needs the admin token"), "{err}");
     let v = status(&c)?;
     ensure!(voters(&v).len() == 3 && v.leader == Some(leader), "a refused change changed the group: {v:?}");
@@ -161,9 +161,9 @@ fn status_token_checks_leader_transfer_and_snapshots() -> Result<()> {
     let err = admin_fails(&c, &["--cluster", &dir, "--token", TOKEN, "transfer-leader", "9"])?;
     ensure!(err.contains("master 9 is not a member"), "{err}");
 
-    // Snapshots on the leader and on a follower.
-    let j: serde_json::Value =
-        serde_json::from_str(&admin_ok(&c, &["--cluster", &dir, "--token", TOKEN, "snapshot", "--json"])?)?;
+    // Snapshots on the leader and on a follower; `--cluster DIR` alone brings the local
+    // cluster's token.
+    let j: serde_json::Value = serde_json::from_str(&admin_ok(&c, &["--cluster", &dir, "snapshot", "--json"])?)?;
     ensure!(j["master"] == leader && j["snapshot_index"].as_u64().is_some_and(|i| i > 0), "{j}");
     let f = follower.id.to_string();
     let out = admin_ok(&c, &["--cluster", &dir, "--token", TOKEN, "snapshot", "--on", &f])?;

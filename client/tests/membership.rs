@@ -75,7 +75,7 @@ fn the_group_grows_to_five_loses_its_leader_and_moves_leadership_under_load() ->
     let tmp = temp_dir("alces-membership-");
     let (mnt, mnt2) = (tmp.path().join("mnt"), tmp.path().join("mnt2"));
     let mut layout = Layout::new(tmp.path().join("cluster"), 3, 3)?;
-    layout.master_extra.push(format!("ADMIN_TOKEN = {TOKEN}"));
+    layout.admin_token = TOKEN.into();
     layout.mount = Some(mnt.clone());
     let mut c = Cluster::up(&layout)?;
     c.mount(&mnt2, false, &[])?;

@@ -260,6 +260,74 @@ fn goal_three(cluster: &Cluster, mnt: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `alces ARGS... --json`, parsed.
+fn alces_json(cluster: &Cluster, args: &[&str]) -> Result<serde_json::Value> {
+    let mut all = args.to_vec();
+    all.push("--json");
+    Ok(serde_json::from_str(&alces(cluster, &all)?)?)
+}
+
+/// The tools `goal_three` did not run, on its folder (one file of two chunks, 3 copies each):
+/// checkfile, dirinfo (-H), getgoal -r, gettrashtime and settrashtime (-r), appendchunks,
+/// filerepair.
+fn the_other_tools(cluster: &Cluster, mnt: &Path) -> Result<()> {
+    let d = mnt.join("goal");
+    let (ds, fs_) = (d.display().to_string(), d.join("f").display().to_string());
+    let v = alces_json(cluster, &["checkfile", &fs_])?;
+    ensure!(v[0]["chunks_by_copies"] == serde_json::json!([{"copies": 3, "chunks": 2}]), "checkfile: {v}");
+    let text = alces(cluster, &["checkfile", &fs_])?;
+    ensure!(text.lines().any(|l| l.starts_with(" chunks with 3 copies:") && l.ends_with(" 2")), "{text}");
+
+    // 64 MiB + 1000 bytes: 64 MiB and one 64 KiB block of chunk data, each held 3 times.
+    let v = alces_json(cluster, &["dirinfo", &ds])?;
+    let size = (64 << 20) + 65536u64;
+    let want = serde_json::json!({"path": ds, "inodes": 2, "directories": 1, "files": 1, "chunks": 2,
+        "length": (64u64 << 20) + 1000, "size": size, "realsize": 3 * size});
+    ensure!(v[0] == want, "dirinfo: {v}");
+    let text = alces(cluster, &["dirinfo", "-H", &ds])?;
+    ensure!(text.contains("64.1 MiB") && text.contains("192.2 MiB"), "dirinfo -H:\n{text}");
+
+    let v = alces_json(cluster, &["getgoal", "-r", &ds])?;
+    ensure!(v[0]["goals"] == serde_json::json!([{"value": 3, "files": 1, "directories": 1}]), "getgoal -r: {v}");
+    let v = alces_json(cluster, &["settrashtime", "-r", "3600", &ds])?;
+    ensure!((v[0]["changed"].as_u64(), v[0]["denied"].as_u64()) == (Some(2), Some(0)), "settrashtime -r: {v}");
+    let v = alces_json(cluster, &["gettrashtime", "-r", &ds])?;
+    ensure!(v[0]["trashtimes"] == serde_json::json!([{"value": 3600, "files": 1, "directories": 1}]), "{v}");
+    let text = alces(cluster, &["gettrashtime", &fs_])?;
+    ensure!(text.trim().ends_with(": 3600"), "gettrashtime: {text}");
+
+    // appendchunks: b's chunk follows a's, shared, at the next chunk boundary.
+    let (a, b) = (d.join("a"), d.join("b"));
+    fs::write(&a, pseudo_random_bytes(31, 1000))?;
+    fs::write(&b, pseudo_random_bytes(32, 5000))?;
+    alces(cluster, &["appendchunks", &a.display().to_string(), &b.display().to_string()])?;
+    // The tool changes the file at the master: the kernel sees it once its cached
+    // attributes expire (1 s).
+    wait_for("the appended length", Duration::from_secs(5), || Ok(fs::metadata(&a)?.len() == (64 << 20) + 5000))?;
+    let got = fs::read(&a)?;
+    ensure!(got.len() == (64 << 20) + 5000, "appended file of {} bytes", got.len());
+    ensure!(got[..1000] == pseudo_random_bytes(31, 1000)[..] && got[1000..64 << 20].iter().all(|&x| x == 0));
+    ensure!(got[64 << 20..] == pseudo_random_bytes(32, 5000)[..], "b's bytes after the boundary");
+    let chunk_ids = |p: &Path| -> Result<Vec<u64>> {
+        let v = alces_json(cluster, &["fileinfo", &p.display().to_string()])?;
+        Ok(v[0]["chunks"].as_array().context("chunks")?.iter().filter_map(|c| c["chunk"].as_u64()).collect())
+    };
+    let (ca, cb) = (chunk_ids(&a)?, chunk_ids(&b)?);
+    ensure!(ca.len() == 2 && cb.len() == 1 && ca[1] == cb[0], "a's chunks {ca:?}, b's {cb:?}");
+
+    // filerepair on a healthy file changes nothing.
+    let v = alces_json(cluster, &["filerepair", &fs_])?;
+    ensure!(
+        (v[0]["not_changed"].as_u64(), v[0]["erased"].as_u64(), v[0]["repaired"].as_u64())
+            == (Some(2), Some(0), Some(0)),
+        "{v}"
+    );
+    ensure!(fs::read(d.join("f"))? == pseudo_random_bytes(5, (64 << 20) + 1000));
+    fs::remove_file(&a)?;
+    fs::remove_file(&b)?;
+    Ok(())
+}
+
 fn trash_restore(cluster: &mut Cluster, mnt: &Path, meta: &Path) -> Result<()> {
     let d = mnt.join("trashy");
     fs::create_dir(&d)?;
@@ -310,6 +378,7 @@ fn a_mount_does_files_tools_trash_snapshots_and_posix() -> Result<()> {
     big_file(&mnt).context("a 200 MiB file")?;
     concurrent_writers(&mnt).context("concurrent writers")?;
     goal_three(&cluster, &mnt).context("setgoal -r 3")?;
+    the_other_tools(&cluster, &mnt).context("the other tools")?;
     trash_restore(&mut cluster, &mnt, &dir.path().join("meta")).context("trash restore")?;
     snapshot_is_unchanged_by_later_writes(&cluster, &mnt).context("snapshot")?;
     let suite = mnt.join("posix");
@@ -339,6 +408,40 @@ fn exports_refuse_a_wrong_password_and_a_read_only_export_gives_erofs() -> Resul
     ensure!(!alces_ops::launcher::is_mounted(&wrong));
     let text = String::from_utf8_lossy(&out.stderr);
     ensure!(text.to_lowercase().contains("password") || text.contains("refused"), "unclear refusal: {text}");
+
+    // `-p` without `-f`: the password typed once reaches the mount that goes to the background.
+    let asked = dir.path().join("asked");
+    fs::create_dir_all(&asked)?;
+    let mut child = Command::new(&mount_bin)
+        .args([asked.to_str().unwrap(), "-p", "-H", &masters])
+        .env("ALCES_MOUNT_LOG", dir.path().join("asked.log"))
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().expect("stdin").write_all(b"sesame\n")?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "mount -p: {}", String::from_utf8_lossy(&out.stderr));
+    let answered = alces_ops::launcher::is_mounted(&asked);
+    alces_ops::launcher::unmount(&asked);
+    ensure!(answered, "mount -p returned without mounting");
+
+    // The fstab form: mount(8) runs /sbin/mount.fuse.alces (alces-mount) with the line's options.
+    let helper = Path::new("/sbin/mount.fuse.alces");
+    if fs::symlink_metadata(helper).is_ok_and(|m| m.file_type().is_symlink()) {
+        fs::remove_file(helper)?;
+    }
+    std::os::unix::fs::symlink(&mount_bin, helper)?;
+    let _helper = RemoveOnDrop(helper.to_path_buf());
+    let fstab = dir.path().join("fstab");
+    fs::create_dir_all(&fstab)?;
+    let out = Command::new("mount")
+        .args(["-t", "fuse.alces", &masters, fstab.to_str().unwrap()])
+        .args(["-o", "password=sesame,noatime,nofail,_netdev,x-systemd.automount"])
+        .env("ALCES_MOUNT_LOG", dir.path().join("fstab.log"))
+        .output()?;
+    let answered = alces_ops::launcher::is_mounted(&fstab);
+    alces_ops::launcher::unmount(&fstab);
+    ensure!(out.status.success() && answered, "mount -t fuse.alces: {}", String::from_utf8_lossy(&out.stderr));
 
     let rw = dir.path().join("rw");
     cluster.mount(&rw, false, &["-o".into(), "password=sesame".into()])?;
@@ -521,6 +624,15 @@ impl Drop for Tmpfs {
         for at in &self.0 {
             let _ = Command::new("umount").arg("-l").arg(at).status();
         }
+    }
+}
+
+/// Removes a file when dropped (a helper the test put in place).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Metrics {
     apply_lag: IntGauge,
     log_fsyncs: IntGauge,
     log_entries: IntGauge,
+    commits: IntGauge,
+    lease_reads: IntGauge,
+    read_rounds: IntGauge,
     inodes: IntGauge,
     chunks: IntGauge,
     chunk_copies: IntGaugeVec,
@@ -80,6 +83,17 @@ impl Default for Metrics {
             apply_lag: gauge(&r, "alces_master_raft_apply_lag_entries", "Stored but not yet applied log entries"),
             log_fsyncs: gauge(&r, "alces_master_raft_log_fsyncs_total", "Syncs of the Raft log since start"),
             log_entries: gauge(&r, "alces_master_raft_log_entries_total", "Log entries written since start"),
+            commits: gauge(
+                &r,
+                "alces_master_raft_commits_total",
+                "Committed log entries applied to the namespace since start",
+            ),
+            lease_reads: gauge(
+                &r,
+                "alces_master_raft_lease_reads_total",
+                "Linearizable reads served under the leader lease since start",
+            ),
+            read_rounds: gauge(&r, "alces_master_raft_read_rounds_total", "Quorum rounds taken for reads since start"),
             inodes: gauge(&r, "alces_master_namespace_inodes", "Inodes in the namespace"),
             chunks: gauge(&r, "alces_master_namespace_chunks", "Chunks in the namespace"),
             chunk_copies: gauge_vec(
@@ -404,6 +418,9 @@ impl AdminBackend for Master {
         m.apply_lag.set(st.last_log_index.unwrap_or(0).saturating_sub(st.applied.unwrap_or(0)) as i64);
         m.log_fsyncs.set(st.log_fsyncs as i64);
         m.log_entries.set(st.log_entries as i64);
+        m.commits.set(st.applied_since_start as i64);
+        m.lease_reads.set(st.lease_reads as i64);
+        m.read_rounds.set(st.read_rounds as i64);
         let view = self.local_view();
         m.inodes.set(view.counter(COUNT_INODES).unwrap_or(0) as i64);
         m.chunks.set(view.counter(COUNT_CHUNKS).unwrap_or(0) as i64);

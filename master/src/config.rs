@@ -28,7 +28,7 @@ pub static KEYS: &[Key] = &[
     Key { name: "PEERS", default: None, help: "initial voters for a new cluster: ID@HOST[:RAFT[:CLIENT[:CS[:ADMIN]]]] separated by commas; every initial master gets the same list" },
     Key { name: "CLUSTER_SECRET", default: None, help: "secret shared by all masters and chunkservers" },
     Key { name: "CLUSTER_SECRET_FILE", default: None, help: "file holding the cluster secret (instead of CLUSTER_SECRET)" },
-    Key { name: "ADMIN_TOKEN", default: None, help: "token required by admin API calls that change the cluster" },
+    Key { name: "ADMIN_TOKEN", default: None, help: "token required by admin API calls that change the cluster (none: changes are refused)" },
     Key { name: "EXPORTS_FILENAME", default: Some("/etc/alces/exports.cfg"), help: "exports file (mfsexports.cfg syntax)" },
     Key { name: "DEFAULT_GOAL", default: Some("2"), help: "goal of the root directory of a new file system" },
     Key { name: "DEFAULT_TRASHTIME", default: Some("86400"), help: "trash time (seconds) of the root directory of a new file system" },
@@ -182,7 +182,7 @@ impl MasterConfig {
             member,
             peers,
             secret,
-            admin_token: s.opt("ADMIN_TOKEN")?,
+            admin_token: s.opt("ADMIN_TOKEN")?.filter(|t: &String| !t.trim().is_empty()),
             exports_file: s.get("EXPORTS_FILENAME")?,
             default_goal: s.get_with("DEFAULT_GOAL", |v| {
                 v.parse::<u8>().ok().and_then(|g| Goal::new(g).ok()).ok_or_else(|| "must be 1..9".to_string())
@@ -227,7 +227,7 @@ mod tests {
     /// name does not exist here, so the secret is given inline).
     #[test]
     fn the_example_configs_are_valid() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples");
+        let dir = alces_testkit::crate_dir().join("../ops/examples");
         let mut s = Settings::defaults(KEYS);
         s.apply_file(&dir.join("master.cfg")).unwrap();
         s.apply_text(std::path::Path::new("test"), "CLUSTER_SECRET = x").unwrap();

@@ -52,6 +52,24 @@ pub struct ReplicationStats {
 }
 
 /// Usage in millionths of the space: chunks' bytes over the server's space.
+/// Which of a chunk's valid copies (server, disk usage, label) go when it has more than
+/// `goal`: one at a time, a copy whose label holds the most copies, then on the fullest
+/// server, so that the copies kept stay spread over labels.
+fn to_trim(copies: &[(ChunkserverId, u64, &str)], goal: usize) -> Vec<ChunkserverId> {
+    let mut left: Vec<&(ChunkserverId, u64, &str)> = copies.iter().collect();
+    let mut out = Vec::new();
+    while left.len() > goal {
+        let sharing = |label: &str| if label.is_empty() { 1 } else { left.iter().filter(|c| c.2 == label).count() };
+        let (pos, _) = left
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, (id, usage, label))| (sharing(label), *usage, std::cmp::Reverse(*id)))
+            .expect("more copies than the goal");
+        out.push(left.remove(pos).0);
+    }
+    out
+}
+
 fn usage_ppm(s: &ServerView) -> u64 {
     if s.load.total_bytes == 0 {
         return 0;
@@ -249,10 +267,13 @@ pub async fn pass(m: &Arc<Master>) -> usize {
             } else {
                 if valid.len() > goal {
                     over += 1;
-                    // Trim the copies on the fullest servers.
-                    valid.sort_by_key(|(l, usage)| (std::cmp::Reverse(*usage), l.id));
-                    for (l, _) in &valid[..valid.len() - goal] {
-                        todo.push((valid.len(), Work::Delete { chunk, version: rec.version, on: l.id }));
+                    let copies: Vec<(ChunkserverId, u64, &str)> = valid
+                        .iter()
+                        .zip(&labels)
+                        .map(|((l, usage), (_, label))| (l.id, *usage, label.as_str()))
+                        .collect();
+                    for on in to_trim(&copies, goal) {
+                        todo.push((valid.len(), Work::Delete { chunk, version: rec.version, on }));
                     }
                 }
                 // Enough copies elsewhere: the ones on leaving folders can go.
@@ -331,4 +352,26 @@ pub async fn pass(m: &Arc<Master>) -> usize {
         .await;
     tracing::info!(orders = sent, under_goal = under, over_goal = over, missing, stale, orphans, "replication pass");
     sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: Vec<ChunkserverId>) -> Vec<u64> {
+        v.into_iter().map(|c| c.0).collect()
+    }
+
+    /// Over-goal copies go from the fullest servers, but a label holding two copies loses
+    /// one before a label holding one.
+    #[test]
+    fn trimming_keeps_copies_spread_over_labels_then_on_the_emptiest_servers() {
+        let c = |id, usage, label| (ChunkserverId(id), usage, label);
+        assert_eq!(ids(to_trim(&[c(1, 10, ""), c(2, 90, ""), c(3, 50, "")], 2)), vec![2]);
+        assert_eq!(ids(to_trim(&[c(1, 10, ""), c(2, 90, ""), c(3, 50, "")], 1)), vec![2, 3]);
+        assert_eq!(ids(to_trim(&[c(1, 10, "a"), c(2, 90, "b"), c(3, 50, "a")], 2)), vec![3], "a held two");
+        assert_eq!(ids(to_trim(&[c(1, 10, "a"), c(2, 90, "b"), c(3, 50, "a"), c(4, 5, "a")], 2)), vec![3, 1]);
+        assert_eq!(ids(to_trim(&[c(1, 10, "a"), c(2, 90, "b")], 2)), Vec::<u64>::new());
+        assert_eq!(ids(to_trim(&[c(5, 50, ""), c(4, 50, "")], 1)), vec![4], "ties: the lower id");
+    }
 }

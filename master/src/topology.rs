@@ -320,8 +320,9 @@ impl Topology {
         connected.peek().is_some() && connected.all(|s| s.reported && s.load.avail_bytes == 0)
     }
 
-    /// Chooses `n` connected servers for new replicas, never one in `exclude`: most free
-    /// space first, spreading over labels when servers have them.
+    /// Chooses `n` connected servers for new replicas, never one in `exclude` (the servers
+    /// holding the chunk already): most free space first, spreading over labels when servers
+    /// have them, the labels of the servers in `exclude` counting as taken.
     pub fn place(&self, n: usize, exclude: &[ChunkserverId]) -> Vec<ChunkLocation> {
         let g = self.lock();
         let mut candidates: Vec<(&ChunkserverId, &Server)> = g
@@ -341,6 +342,8 @@ impl Topology {
             start = end;
         }
         let mut chosen: Vec<(ChunkserverId, &Server)> = Vec::new();
+        let mut taken: HashSet<&str> =
+            exclude.iter().filter_map(|id| g.servers.get(id)).map(|s| s.label.as_str()).collect();
         // First pass: at most one per label; second pass fills up.
         for spread in [true, false] {
             for (id, s) in &candidates {
@@ -350,9 +353,10 @@ impl Topology {
                 if chosen.iter().any(|(c, _)| c == *id) {
                     continue;
                 }
-                if spread && !s.label.is_empty() && chosen.iter().any(|(_, c)| c.label == s.label) {
+                if spread && !s.label.is_empty() && taken.contains(s.label.as_str()) {
                     continue;
                 }
+                taken.insert(&s.label);
                 chosen.push((**id, s));
             }
         }
@@ -440,7 +444,11 @@ mod tests {
         assert_eq!(ids(t.place(2, &[])), vec![2, 3], "most free space, different labels");
         assert_eq!(ids(t.place(3, &[])), vec![2, 3, 4], "a third label before a second copy on label a");
         assert_eq!(ids(t.place(4, &[])), vec![2, 3, 4, 1]);
-        assert_eq!(ids(t.place(9, &[ChunkserverId(2)])), vec![3, 1, 4], "never a full server, never an excluded one");
+        assert_eq!(ids(t.place(9, &[ChunkserverId(2)])), vec![3, 4, 1], "never a full server, never an excluded one");
+        // A chunk held on 2 (label a): its next copies go to other labels first.
+        assert_eq!(ids(t.place(2, &[ChunkserverId(2)])), vec![3, 4], "label a holds a copy already");
+        assert_eq!(ids(t.place(1, &[ChunkserverId(2), ChunkserverId(3)])), vec![4]);
+        assert_eq!(ids(t.place(1, &[ChunkserverId(3), ChunkserverId(4)])), vec![2], "label a is free again");
     }
 
     #[test]

@@ -18,15 +18,18 @@ use alces_client::data::DataPath;
 use alces_client::master_link::{MasterClient, Options};
 use alces_ops::api::{ClusterView, CopiesCount, ReplicationView};
 use alces_ops::launcher::{Cluster, Layout};
-use alces_proto::link::client_cs::{DataReply, DataRequest, MAX_READ};
+use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, MAX_READ};
 use alces_proto::link::client_master::{ChunkReport, ClientReply, ClientRequest};
-use alces_proto::types::{ChunkId, ChunkVersion, Creds, FileKind, Inode, Name, TrashTime, CHUNK_SIZE};
+use alces_proto::types::{
+    ChunkId, ChunkLocation, ChunkVersion, Creds, FileKind, Inode, Name, TrashTime, BLOCK_SIZE, CHUNK_SIZE,
+};
 use alces_proto::{Connection, Handshake, LinkKind, DEFAULT_MAX_FRAME};
 use alces_testkit::{pseudo_random_bytes, TempDir};
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
 
 const MIB: usize = 1 << 20;
+const BLOCK: u32 = BLOCK_SIZE as u32;
 /// How long the master waits before a silent chunkserver's copies stop counting (seconds).
 const CHUNKSERVER_TIMEOUT: u64 = 2;
 /// Deadline for the cluster to repair itself after a fault (passes run every 2 s; the machine
@@ -355,11 +358,17 @@ async fn wait_placement(env: &Env, files: &[&TestFile], goal: usize, live: &[u64
     Ok(())
 }
 
+/// A client's connection to a chunkserver's data port.
+async fn data_conn(addr: &str) -> Result<Connection> {
+    let mut conn = Connection::connect(addr, DEFAULT_MAX_FRAME, Duration::from_secs(3)).await?;
+    Handshake::new(LinkKind::ClientChunkserver, "self-healing test", None).dial(&mut conn).await?;
+    Ok(conn)
+}
+
 /// Reads `len` bytes at `offset` of one replica straight from its chunkserver (which checks
 /// the CRCs).
 async fn read_replica(addr: &str, chunk: ChunkId, version: ChunkVersion, offset: u32, len: u32) -> Result<Vec<u8>> {
-    let mut conn = Connection::connect(addr, DEFAULT_MAX_FRAME, Duration::from_secs(3)).await?;
-    Handshake::new(LinkKind::ClientChunkserver, "self-healing test", None).dial(&mut conn).await?;
+    let mut conn = data_conn(addr).await?;
     let mut out = Vec::with_capacity(len as usize);
     while (out.len() as u32) < len {
         let piece = (len - out.len() as u32).min(MAX_READ);
@@ -483,6 +492,116 @@ async fn write_until_two_copies(env: &Env, file: &mut TestFile, mut offset: u64,
         let more = Instant::now() < deadline && offset + 4096 <= CHUNK_SIZE;
         ensure!(more, "{writes} writes without pause, still valid copies on {valid:?} only: {:?}", c.copies);
     }
+}
+
+/// Sends `pieces` (offset in the chunk, one block each) down `chain` at `version`; after
+/// `kill_after` acknowledged pieces calls `kill` once. Returns how many were acknowledged and
+/// the error that ended the write, if one did.
+async fn chained_write(
+    chain: &[ChunkLocation],
+    chunk: ChunkId,
+    version: ChunkVersion,
+    pieces: &[(u32, Vec<u8>)],
+    kill_after: usize,
+    mut kill: impl FnMut() -> Result<()>,
+) -> Result<(usize, Option<DataError>)> {
+    let mut c = data_conn(&chain[0].addr).await?;
+    let start = DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec(), create: false };
+    match c.call::<_, DataReply>(&start, Duration::from_secs(10)).await? {
+        DataReply::WriteReady => {}
+        other => bail!("write start: {other:?}"),
+    }
+    for (id, (offset, data)) in pieces.iter().enumerate() {
+        if id == kill_after {
+            kill()?;
+        }
+        let req = DataRequest::WriteData { id: id as u64, offset: *offset, data: data.clone() };
+        match c.call::<_, DataReply>(&req, Duration::from_secs(30)).await? {
+            DataReply::WriteDone { id: done } if done == id as u64 => {}
+            DataReply::WriteFailed { error, .. } | DataReply::Error(error) => return Ok((id, Some(error))),
+            other => bail!("piece {id}: {other:?}"),
+        }
+    }
+    match c.call::<_, DataReply>(&DataRequest::WriteFinish { id: pieces.len() as u64 }, Duration::from_secs(30)).await?
+    {
+        DataReply::WriteFinished { .. } => Ok((pieces.len(), None)),
+        DataReply::WriteFailed { error, .. } | DataReply::Error(error) => Ok((pieces.len(), Some(error))),
+        other => bail!("finish: {other:?}"),
+    }
+}
+
+/// A chain of three loses its middle server to SIGKILL in the middle of a write. The writer
+/// gets an error naming the broken link (so it asks for a new lease and writes again); the
+/// new lease moves the two survivors, which hold every acknowledged piece, to a new version;
+/// the killed server comes back with a copy that missed pieces under the old version, which
+/// is never counted as valid: it is deleted and a whole copy made in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chain_that_loses_its_middle_server_leaves_no_valid_copy_missing_a_piece() -> Result<()> {
+    let mut env = start(3, 3, &[]).await?;
+    let mut file = env.write_file("chain", 30, &[(0, 4096)]).await?;
+    let all = env.chunkserver_ids();
+    wait_placement(&env, &[&file], 3, &all, "3 copies of the chunk").await?;
+    let lease = |after_failure| ClientRequest::WriteChunk { inode: file.inode, index: 0, after_failure };
+    let ClientReply::WriteLease { chunk, version, chain, .. } = env.call(lease(false)).await? else {
+        bail!("no write lease");
+    };
+    ensure!(chain.len() == 3, "a chain of {} for goal 3: {chain:?}", chain.len());
+    let middle = chain[1].id.0;
+    let pieces: Vec<(u32, Vec<u8>)> =
+        (1..400u32).map(|i| (i * BLOCK, pseudo_random_bytes(3000 + i as u64, BLOCK as usize))).collect();
+    let (acked, failure) =
+        chained_write(&chain, chunk, version, &pieces, 20, || env.kill(middle, Signal::SIGKILL)).await?;
+    match &failure {
+        Some(DataError::Chain { server, .. }) if server.0 == middle => {}
+        other => bail!("after {acked} pieces the write ended with {other:?}, not a chain error naming cs{middle}"),
+    }
+    ensure!(acked >= 20, "only {acked} pieces acknowledged");
+
+    // The writer's retry: a lease after the failure moves the survivors to a new version.
+    let ClientReply::WriteLease { chunk: again, version: moved, chain: survivors, .. } = env.call(lease(true)).await?
+    else {
+        bail!("no write lease after the failure");
+    };
+    let live: Vec<u64> = survivors.iter().map(|l| l.id.0).collect();
+    ensure!(again == chunk && moved > version, "after the failure: chunk {again:?} v{moved}, was v{version}");
+    ensure!(live.len() == 2 && !live.contains(&middle), "the new chain {live:?} (cs{middle} was killed)");
+    for l in &survivors {
+        for (offset, data) in &pieces[..acked] {
+            let got = read_replica(&l.addr, chunk, moved, *offset, BLOCK).await?;
+            ensure!(&got == data, "cs{} at v{moved} lacks the acknowledged piece at {offset}", l.id);
+        }
+    }
+    let (done, failure) = chained_write(&survivors, chunk, moved, &pieces, usize::MAX, || Ok(())).await?;
+    ensure!(done == pieces.len() && failure.is_none(), "the write again: {done} pieces, {failure:?}");
+    let size = u64::from(pieces.last().map(|(o, d)| o + d.len() as u32).unwrap_or(0));
+    env.call(ClientRequest::WriteEnd { inode: file.inode, index: 0, chunk, size, added: None }).await?;
+    file.pieces.extend(pieces.iter().map(|(o, d)| (u64::from(*o), d.clone())));
+
+    // Back with what it had: its copy is of the old version, never counted as valid.
+    let on_disk = |env: &Env| -> Result<Vec<ChunkVersion>> {
+        Ok(disk_copies(env, &[middle])?.remove(&chunk).unwrap_or_default().iter().map(|d| d.version).collect())
+    };
+    ensure!(on_disk(&env)? == vec![version], "cs{middle} holds {:?} on disk", on_disk(&env)?);
+    env.restart(&[middle])?;
+    let (env_, file_) = (&env, &file);
+    settle("the returned server's copy to be fresh", HEAL, move || async move {
+        let (env, file) = (env_, file_);
+        let c = env.first_chunk(file).await?;
+        let listed = c.copies.iter().find(|(l, _)| l.id.0 == middle);
+        let versions = on_disk(env)?;
+        if let Some((_, true)) = listed {
+            ensure!(
+                versions == vec![c.version],
+                "cs{middle} counted valid with {versions:?} on disk (chunk v{})",
+                c.version
+            );
+        }
+        Ok((versions != vec![c.version]).then(|| format!("cs{middle}: {listed:?}, on disk {versions:?}")))
+    })
+    .await?;
+    wait_placement(&env, &[&file], 3, &all, "3 valid copies again").await?;
+    env.check_contents(&[&file]).await?;
+    check_replicas(&env, &[&file], &all).await
 }
 
 /// A server holding only a stale copy of a chunk written without pause can take a fresh

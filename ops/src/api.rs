@@ -193,11 +193,17 @@ pub trait AdminBackend: Send + Sync + 'static {
 
 const MONITOR_HTML: &str = include_str!("monitor.html");
 
-fn authorized<B: AdminBackend>(b: &B, headers: &HeaderMap) -> Result<(), AdminError> {
-    let Some(token) = b.admin_token() else { return Ok(()) };
+/// Whether a change may go ahead: the master has an ADMIN_TOKEN and the call carries it.
+fn authorized(token: Option<&str>, headers: &HeaderMap) -> Result<(), AdminError> {
+    let Some(token) = token else {
+        return Err(AdminError::new(
+            403,
+            "this master has no ADMIN_TOKEN in its configuration, so it takes no changes",
+        ));
+    };
     let given =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.as_str()) {
+    if given == Some(token) {
         Ok(())
     } else {
         Err(AdminError::new(401, "this call needs the admin token (Authorization: Bearer ...)"))
@@ -213,7 +219,7 @@ async fn add_member<B: AdminBackend>(
     headers: HeaderMap,
     Json(req): Json<AddMember>,
 ) -> Result<Json<serde_json::Value>, AdminError> {
-    authorized(&*b, &headers)?;
+    authorized(b.admin_token().as_deref(), &headers)?;
     let id = req.id;
     b.add_member(req).await?;
     Ok(Json(serde_json::json!({ "added": id })))
@@ -224,7 +230,7 @@ async fn remove_member<B: AdminBackend>(
     headers: HeaderMap,
     Path(id): Path<u64>,
 ) -> Result<Json<serde_json::Value>, AdminError> {
-    authorized(&*b, &headers)?;
+    authorized(b.admin_token().as_deref(), &headers)?;
     b.remove_member(id).await?;
     Ok(Json(serde_json::json!({ "removed": id })))
 }
@@ -234,7 +240,7 @@ async fn transfer<B: AdminBackend>(
     headers: HeaderMap,
     body: Option<Json<TransferLeader>>,
 ) -> Result<Json<serde_json::Value>, AdminError> {
-    authorized(&*b, &headers)?;
+    authorized(b.admin_token().as_deref(), &headers)?;
     let leader = b.transfer_leader(body.and_then(|Json(t)| t.to)).await?;
     Ok(Json(serde_json::json!({ "leader": leader })))
 }
@@ -243,7 +249,7 @@ async fn snapshot<B: AdminBackend>(
     State(b): State<Arc<B>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, AdminError> {
-    authorized(&*b, &headers)?;
+    authorized(b.admin_token().as_deref(), &headers)?;
     let index = b.snapshot().await?;
     Ok(Json(serde_json::json!({ "snapshot_index": index })))
 }
@@ -284,4 +290,26 @@ pub async fn serve<B: AdminBackend>(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        h
+    }
+
+    /// Changes need the master's token; a master without one takes none, whatever is sent.
+    #[test]
+    fn changes_need_the_token_and_a_master_without_one_refuses_them() {
+        assert!(authorized(Some("t"), &bearer("t")).is_ok());
+        assert_eq!(authorized(Some("t"), &bearer("x")).unwrap_err().status, 401);
+        assert_eq!(authorized(Some("t"), &HeaderMap::new()).unwrap_err().status, 401);
+        assert_eq!(authorized(None, &bearer("t")).unwrap_err().status, 403);
+        assert_eq!(authorized(None, &bearer("")).unwrap_err().status, 403);
+        assert_eq!(authorized(None, &HeaderMap::new()).unwrap_err().status, 403);
+    }
 }

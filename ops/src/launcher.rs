@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub struct Layout {
     pub exports: String,
     /// A size limit written after every data folder in hdd.cfg (`16MiB`, `-10GiB`).
     pub hdd_size: Option<String>,
+    /// Every master's ADMIN_TOKEN (default: a random one), kept in `DIR/admin-token`.
+    pub admin_token: String,
 }
 
 impl Layout {
@@ -55,6 +58,7 @@ impl Layout {
             goal: 2,
             master_extra: Vec::new(),
             chunkserver_extra: Vec::new(),
+            admin_token: format!("{:032x}", rand::random::<u128>()),
             exports: "*\t/\trw,alldirs,maproot=0\n*\t.\trw\n".into(),
             hdd_size: None,
         })
@@ -114,6 +118,9 @@ pub struct ClusterFile {
     pub mounts: Vec<MountEntry>,
     pub secret_file: PathBuf,
     pub exports_file: PathBuf,
+    /// Holds the masters' ADMIN_TOKEN (`alces admin --cluster DIR` uses it).
+    #[serde(default)]
+    pub admin_token_file: PathBuf,
     /// Goal of the root directory, and extra `master.cfg` lines: masters added later get the same.
     #[serde(default = "default_goal")]
     pub goal: u8,
@@ -131,6 +138,16 @@ impl ClusterFile {
         let path = dir.join("cluster.json");
         let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The masters' ADMIN_TOKEN; `None` for a cluster started before the launcher made one.
+    pub fn admin_token(&self) -> Result<Option<String>> {
+        if self.admin_token_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let path = &self.admin_token_file;
+        let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some(text.trim().to_string()))
     }
 }
 
@@ -220,6 +237,19 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
 }
 
 /// Writes a `KEY = VALUE` file: `text` followed by the `extra` lines.
+/// Writes a file only its owner can read (the cluster secret, the admin token).
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
 fn write_config(path: &Path, mut text: String, extra: &[String]) -> Result<()> {
     for line in extra {
         text.push_str(line);
@@ -280,7 +310,9 @@ impl Cluster {
             );
         }
         let secret_file = dir.join("secret");
-        fs::write(&secret_file, format!("{:032x}\n", rand::random::<u128>()))?;
+        write_private(&secret_file, &format!("{:032x}\n", rand::random::<u128>()))?;
+        let admin_token_file = dir.join("admin-token");
+        write_private(&admin_token_file, &format!("{}\n", layout.admin_token))?;
         let exports_file = dir.join("exports.cfg");
         fs::write(&exports_file, &layout.exports)?;
         let mut c = Cluster {
@@ -289,6 +321,7 @@ impl Cluster {
             file: ClusterFile {
                 secret_file: secret_file.clone(),
                 exports_file: exports_file.clone(),
+                admin_token_file,
                 goal: layout.goal,
                 master_extra: layout.master_extra.clone(),
                 ..Default::default()
@@ -406,6 +439,9 @@ impl Cluster {
         );
         if let Some(peers) = peers {
             text.push_str(&format!("PEERS = {peers}\n"));
+        }
+        if let Some(token) = self.file.admin_token()? {
+            text.push_str(&format!("ADMIN_TOKEN = {token}\n"));
         }
         write_config(&config, text, &self.file.master_extra)?;
         self.file.masters.push(MasterEntry {

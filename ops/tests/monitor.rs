@@ -206,5 +206,41 @@ fn the_monitor_shows_the_leader_the_chunkservers_and_the_chunk_counts() -> Resul
     let ops = table_rows(&dom, "operations");
     let count = |op: &str| ops.iter().find(|r| r[0] == op).and_then(|r| r[1].parse::<u64>().ok()).unwrap_or(0);
     ensure!(count("create") >= 5 && count("write_chunk") >= 2, "operations table: {ops:?}");
+
+    // `/metrics` says the same as the API: Raft, namespace, chunkservers, request latencies.
+    let v = settled(&leader_admin)?;
+    let m = metrics(&leader_admin)?;
+    let get = |name: &str| m.get(name).copied().with_context(|| format!("{name} missing from /metrics"));
+    ensure!(get("alces_master_raft_term")? == v.term as f64 && v.term > 0, "term");
+    ensure!(get("alces_master_raft_is_leader")? == 1.0, "the leader says it is not");
+    ensure!(get("alces_master_raft_commits_total")? > 0.0 && get("alces_master_raft_applied_index")? > 0.0);
+    ensure!(get("alces_master_raft_apply_lag_entries")? >= 0.0);
+    ensure!(get("alces_master_namespace_inodes")? == v.inodes as f64, "inodes: {} in the API", v.inodes);
+    ensure!(get("alces_master_namespace_chunks")? == v.chunks as f64, "chunks: {} in the API", v.chunks);
+    for k in &v.chunk_copies {
+        let name = format!("alces_master_chunks_by_copies{{goal=\"{}\",valid=\"{}\"}}", k.goal, k.valid);
+        ensure!(get(&name)? == k.chunks as f64, "{name}: the API counts {}", k.chunks);
+    }
+    ensure!(get("alces_master_chunkservers{state=\"up\"}")? == 3.0);
+    for cs in &v.chunkservers {
+        let name = format!("alces_master_chunkserver_bytes{{chunkserver=\"{}\",kind=\"total\"}}", cs.id);
+        ensure!(get(&name)? == cs.total_bytes as f64 && cs.total_bytes > 0, "{name}");
+        ensure!(get(&format!("alces_master_chunkserver_crc_errors{{chunkserver=\"{}\"}}", cs.id))? == 0.0);
+    }
+    ensure!(get("alces_master_request_seconds_count{op=\"create\"}")? >= 5.0, "create latencies");
+    let m = metrics(&follower.admin_addr)?;
+    ensure!(m.get("alces_master_raft_is_leader") == Some(&0.0), "a follower says it leads");
     Ok(())
+}
+
+/// `GET /metrics` of a master, as `name{labels}` -> value; checks every sample line parses.
+fn metrics(admin: &str) -> Result<std::collections::HashMap<String, f64>> {
+    let text = ureq::get(&format!("http://{admin}/metrics")).call()?.into_body().read_to_string()?;
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let (name, value) = line.rsplit_once(' ').with_context(|| format!("metrics line {line:?}"))?;
+        out.insert(name.to_string(), value.parse::<f64>().with_context(|| format!("metrics line {line:?}"))?);
+    }
+    ensure!(out.len() > 20, "only {} samples in /metrics", out.len());
+    Ok(out)
 }

@@ -148,6 +148,13 @@ where
     }
 }
 
+/// The folder of the crate whose tests are running, as cargo gives it when it runs them.
+/// Unlike `env!("CARGO_MANIFEST_DIR")` this follows the sources when a build directory that
+/// compiled them elsewhere is reused.
+pub fn crate_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).expect("CARGO_MANIFEST_DIR is set by cargo test")
+}
+
 /// Deterministic pseudo-random bytes (xorshift), for garbage frames and file contents.
 pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut s = seed | 1;

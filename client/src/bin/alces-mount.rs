@@ -47,7 +47,53 @@ struct Args {
     /// Stay in the foreground.
     #[arg(short = 'f')]
     foreground: bool,
+    /// Ignore mount options this mount does not know (what mount(8)'s `-s` asks of a helper).
+    #[arg(short = 's')]
+    sloppy: bool,
+    /// From mount(8), when it runs this as `mount.fuse.alces`: the type (`-t fuse.alces`),
+    /// no /etc/mtab (`-n`), verbose (`-v`). Accepted and ignored.
+    #[arg(short = 't', hide = true)]
+    _fs_type: Option<String>,
+    #[arg(short = 'n', hide = true)]
+    _no_mtab: bool,
+    #[arg(short = 'v', hide = true)]
+    _verbose: bool,
 }
+
+/// Generic mount options, from an fstab line or mount(8), that mean nothing to this mount:
+/// access times are the master's, the rest are for mount(8) and systemd.
+const IGNORED_OPTIONS: &[&str] = &[
+    "rw",
+    "defaults",
+    "nodev",
+    "nosuid",
+    "dev",
+    "suid",
+    "exec",
+    "noexec",
+    "auto",
+    "noauto",
+    "_netdev",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "nofail",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "lazytime",
+    "nolazytime",
+    "diratime",
+    "nodiratime",
+    "async",
+    "silent",
+    "loud",
+];
 
 struct Parsed {
     masters: Vec<String>,
@@ -125,19 +171,19 @@ fn parse(a: &Args) -> Result<Parsed> {
             }
             None if opt == "meta" || opt == "mfsmeta" => p.meta = true,
             None if opt == "ro" => p.read_only = true,
-            None if [
-                "rw", "defaults", "nodev", "nosuid", "dev", "suid", "exec", "noexec", "auto", "noauto", "_netdev",
-                "user", "nouser",
-            ]
-            .contains(&opt) => {}
-            _ => bail!("unknown mount option {opt:?}"),
+            None if IGNORED_OPTIONS.contains(&opt) => {}
+            // x-systemd.automount, x-mount.mkdir and the like, and fstab comments.
+            _ if opt.starts_with("x-") || opt.starts_with("comment=") => {}
+            _ if a.sloppy => eprintln!("alces-mount: ignoring unknown mount option {opt:?}"),
+            _ => bail!("unknown mount option {opt:?} (-s ignores unknown options)"),
         }
     }
     if a.prompt {
-        eprint!("Alces password: ");
-        let mut pw = String::new();
-        std::io::stdin().read_line(&mut pw)?;
-        p.password = Some(pw.trim_end_matches(['\n', '\r']).to_string());
+        // A mount going to the background asks once, then hands the answer to its child.
+        p.password = Some(match std::env::var(PROMPTED_PASSWORD) {
+            Ok(pw) => pw,
+            Err(_) => read_password()?,
+        });
     }
     if p.masters.is_empty() {
         bail!("no masters given");
@@ -145,11 +191,37 @@ fn parse(a: &Args) -> Result<Parsed> {
     Ok(p)
 }
 
+/// Where a mount that asked for the password (`-p`) passes it to the foreground child that
+/// it starts, whose standard input is closed.
+const PROMPTED_PASSWORD: &str = "ALCES_MOUNT_PROMPTED_PASSWORD";
+
+/// Asks for the export password on the terminal without echoing it (or reads a line of
+/// standard input when it is not a terminal).
+fn read_password() -> Result<String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    eprint!("Alces password: ");
+    let saved = tcgetattr(&stdin).ok();
+    if let Some(t) = &saved {
+        let mut quiet = t.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        tcsetattr(&stdin, SetArg::TCSANOW, &quiet).context("turning off the terminal's echo")?;
+    }
+    let mut pw = String::new();
+    let read = stdin.read_line(&mut pw);
+    if let Some(t) = &saved {
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, t);
+        eprintln!();
+    }
+    read.context("reading the password")?;
+    Ok(pw.trim_end_matches(['\n', '\r']).to_string())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let p = parse(&args)?;
     if !args.foreground {
-        return background(&p);
+        return background(&p, args.prompt);
     }
     alces_config::init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -252,7 +324,7 @@ async fn wait_unmounted(mnt: &Path) {
 
 /// Starts the mount in the foreground as a child, waits until it is mounted, and leaves it
 /// running in the background.
-fn background(p: &Parsed) -> Result<()> {
+fn background(p: &Parsed, prompted: bool) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     args.push("-f".into());
@@ -261,7 +333,11 @@ fn background(p: &Parsed) -> Result<()> {
         .unwrap_or_else(|_| std::env::temp_dir().join("alces-mount.log"));
     let out = std::fs::File::options().create(true).append(true).open(&log)?;
     use std::os::unix::process::CommandExt;
-    let mut child = std::process::Command::new(exe)
+    let mut cmd = std::process::Command::new(exe);
+    if let (true, Some(pw)) = (prompted, &p.password) {
+        cmd.env(PROMPTED_PASSWORD, pw);
+    }
+    let mut child = cmd
         .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
@@ -309,5 +385,18 @@ mod tests {
         assert!(e.contains("retrytime"), "{e}");
         let e = parsed(&["/mnt", "-H", "a:1", "-o", "bogus"]).err().unwrap().to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    /// What mount(8) passes a `mount.fuse.alces` helper for an fstab line.
+    #[test]
+    fn the_helper_form_of_mount_8_and_fstab_options_are_taken() {
+        let line = "rw,noatime,nofail,_netdev,x-systemd.automount,x-systemd.mount-timeout=30,password=pw";
+        let p = parsed(&["a:1,b:2", "/mnt/alces", "-n", "-v", "-t", "fuse.alces", "-o", line]).unwrap();
+        assert_eq!((p.masters.len(), p.password.as_deref(), p.read_only), (2, Some("pw"), false));
+        assert_eq!(p.mountpoint, PathBuf::from("/mnt/alces"));
+        let e = parsed(&["a:1", "/mnt", "-o", "noatime,frobnicate"]).err().unwrap().to_string();
+        assert!(e.contains("frobnicate") && e.contains("-s"), "{e}");
+        let p = parsed(&["a:1", "/mnt", "-s", "-o", "frobnicate,ro"]).unwrap();
+        assert!(p.read_only, "-s ignores only the unknown options");
     }
 }

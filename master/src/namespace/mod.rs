@@ -81,4 +81,4 @@ fn record_reply(ctx: &mut ApplyCtx<'_>, o: ops::Origin, reply: &MetaReply) -> al
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_support;
+pub(crate) mod tests_support;

@@ -824,3 +824,87 @@ fn append_chunks_and_drop_chunk() {
     assert_eq!(fs.view().chunk(chunks[1].1).unwrap().unwrap().refs, 1);
     assert_eq!(fs.err(OpBody::DropChunk { inode: a, index: 1, chunk: chunks[1].1 }), Status::NotFound);
 }
+
+/// A name as it may arrive from the wire, without [`Name::new`]'s checks.
+fn wire_name(bytes: &[u8]) -> Name {
+    alces_proto::codec::decode(&alces_proto::codec::encode(&bytes.to_vec())).unwrap()
+}
+
+/// The failures not shown with their operation above: over-long names from the wire in every
+/// operation that takes one, the link limit, xattr sizes, truncating what is not a file,
+/// reads of the wrong kind of inode, an undelete or purge that cannot be.
+#[test]
+fn errors_of_names_links_xattrs_truncates_reads_and_the_trash() {
+    let mut fs = Fs::new();
+    let d = fs.mkdir(ROOT, "d");
+    let f = fs.file(ROOT, "f");
+    let long = wire_name(&[b'x'; 256]);
+    let mut create = create_op(ROOT, "x", FileKind::File, 0o644, &root());
+    if let OpBody::Create { name, .. } = &mut create {
+        *name = long.clone();
+    }
+    assert_eq!(fs.err(create), Status::NameTooLong);
+    assert_eq!(fs.err(OpBody::Link { inode: f, parent: ROOT, name: long.clone(), creds: root() }), Status::NameTooLong);
+    let rename =
+        OpBody::Rename { parent: ROOT, name: n("f"), new_parent: d, new_name: long.clone(), flags: 0, creds: root() };
+    assert_eq!(fs.err(rename), Status::NameTooLong);
+    let snap = OpBody::Snapshot { src: f, parent: d, name: long, creds: root() };
+    assert_eq!(fs.err(snap), Status::NameTooLong);
+    let mut create = create_op(ROOT, "x", FileKind::File, 0o644, &root());
+    if let OpBody::Create { name, .. } = &mut create {
+        *name = wire_name(b"a/b");
+    }
+    assert_eq!(fs.err(create), Status::Invalid);
+    assert!(fs.lookup(d, "f").is_err() && fs.lookup(ROOT, "f").is_ok(), "a refused rename moved the file");
+
+    // EMLINK: a file has at most 65,000 names.
+    let many = fs.mkdir(ROOT, "many");
+    for i in 1..65_000 {
+        fs.ok(OpBody::Link { inode: f, parent: many, name: n(&i.to_string()), creds: root() });
+    }
+    assert_eq!(fs.attr(f).nlink, 65_000);
+    assert_eq!(
+        fs.err(OpBody::Link { inode: f, parent: many, name: n("one-more"), creds: root() }),
+        Status::TooManyLinks
+    );
+
+    // ERANGE: an empty or over-long xattr name, an over-long value.
+    let set = |name: Vec<u8>, value: Vec<u8>| OpBody::SetXattr { inode: f, name, value, flags: 0, creds: root() };
+    assert_eq!(fs.err(set(vec![], b"v".to_vec())), Status::Range);
+    assert_eq!(fs.err(set(vec![b'n'; 256], b"v".to_vec())), Status::Range);
+    assert_eq!(fs.err(set(b"user.big".to_vec(), vec![0; 65_537])), Status::Range);
+    assert!(fs.view().listxattr(f).unwrap().is_empty());
+
+    // Truncating a directory is EISDIR, anything else that is not a file EINVAL.
+    let l = fs.make(ROOT, "l", FileKind::Symlink, 0o777, &root());
+    let truncate = |inode| OpBody::SetAttr {
+        inode,
+        set: SetAttr { size: Some(0), ..Default::default() },
+        creds: root(),
+        handle: false,
+    };
+    assert_eq!(fs.err(truncate(d)), Status::IsDir);
+    assert_eq!(fs.err(truncate(l)), Status::Invalid);
+
+    // Reads: a missing inode, a readlink of a file, a readdir of a file.
+    assert_eq!(fs.view().getattr(Inode(999_999)).unwrap_err(), Status::NotFound);
+    assert_eq!(fs.view().readlink(f).unwrap_err(), Status::Invalid);
+    assert_eq!(fs.view().readdir(f, None, 10).unwrap_err(), Status::NotDir);
+    assert_eq!(fs.view().opendir_check(f, &root()).unwrap_err(), Status::NotDir);
+
+    // The trash: an undelete whose name was taken meanwhile, whose old folder is now a file;
+    // a purge of a file that is not in the trash.
+    let g = fs.file(d, "g");
+    fs.ok(remove_op(d, "g", false));
+    fs.file(d, "g");
+    assert_eq!(fs.err(OpBody::Undelete { inode: g }), Status::Exists);
+    let h = fs.file(d, "h");
+    fs.ok(remove_op(d, "h", false));
+    fs.ok(remove_op(d, "g", false));
+    fs.ok(OpBody::Purge { inode: g });
+    fs.ok(remove_op(ROOT, "d", true));
+    fs.file(ROOT, "d");
+    assert_eq!(fs.err(OpBody::Undelete { inode: h }), Status::NotDir);
+    assert_eq!(fs.err(OpBody::Purge { inode: f }), Status::NotFound);
+    assert!(fs.view().trash(b't', None, 10).unwrap().iter().any(|(i, _)| *i == h), "h left the trash");
+}

@@ -215,13 +215,11 @@ async fn handle(m: &Arc<Master>, conn: &Conn, id: u64, low_water: u64, creds: Cr
         *conn.session.lock().expect("session lock") = None;
         return r.map(|_| ClientReply::Done);
     }
+    read_only_check(&info, &req)?;
     if info.meta {
         return meta_request(m, req).await;
     }
     let creds = map_creds(&info, creds);
-    if info.read_only && mutates(&req) {
-        return Err(Status::ReadOnly.into());
-    }
     let origin = Some(Origin { session, request: id, low_water });
     request(m, origin, session, &info, creds, req).await
 }
@@ -241,6 +239,16 @@ fn master_info(m: &Master) -> ClientReply {
     ClientReply::Masters { leader: status.leader, masters }
 }
 
+/// A session of a read-only export (`ro`) may not change anything: EROFS.
+fn read_only_check(info: &SessionInfo, req: &ClientRequest) -> Result<(), ClientError> {
+    if info.read_only && mutates(req) {
+        return Err(Status::ReadOnly.into());
+    }
+    Ok(())
+}
+
+/// Whether a request changes the file system (every request is named, so that a new one
+/// must be sorted here).
 fn mutates(req: &ClientRequest) -> bool {
     use ClientRequest::*;
     match req {
@@ -253,10 +261,22 @@ fn mutates(req: &ClientRequest) -> bool {
         | Rename { .. } => true,
         SetXattr { .. } | RemoveXattr { .. } | WriteChunk { .. } | WriteEnd { .. } => true,
         SetGoal { .. } | SetTrashTime { .. } | MakeSnapshot { .. } | FileRepair { .. } | AppendChunks { .. } => true,
+        Undelete { .. } | Purge { .. } => true,
         Open { flags, .. } => {
             (*flags as i32 & libc::O_ACCMODE) != libc::O_RDONLY || (*flags as i32 & libc::O_TRUNC) != 0
         }
-        _ => false,
+        // Sessions and handles belong to the mount, reports to the cluster's health.
+        Challenge
+        | Register(_)
+        | CloseSession
+        | MasterInfo
+        | Release { .. }
+        | ReleaseMany { .. }
+        | ReleaseHandles { .. }
+        | ReportBadReplica { .. } => false,
+        Lookup { .. } | GetAttr { .. } | Access { .. } | ReadLink { .. } | OpenDir { .. } | ReadDir { .. } => false,
+        GetXattr { .. } | ListXattr { .. } | StatFs | ReadChunk { .. } | GetGoal { .. } | GetTrashTime { .. } => false,
+        FileInfo { .. } | DirInfo { .. } | ListTrash { .. } | ListReserved { .. } => false,
     }
 }
 
@@ -750,4 +770,71 @@ async fn dir_info(m: &Arc<Master>, inode: Inode) -> Res {
         }
     }
     Ok(ClientReply::DirInfo(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use alces_proto::types::SetAttr;
+
+    use super::*;
+    use crate::namespace::tests_support::session_info;
+
+    /// A `ro` export answers every change with EROFS, the meta mount's undelete and purge
+    /// included, and lets reads, read-only opens and handle releases through.
+    #[test]
+    fn a_read_only_export_refuses_every_change_with_erofs() {
+        let ro = SessionInfo { read_only: true, ..session_info() };
+        let meta_ro = SessionInfo { meta: true, ..ro.clone() };
+        let (ino, name) = (Inode(5), Name::new(b"n".to_vec()).unwrap());
+        let open = |flags: i32| ClientRequest::Open { inode: ino, flags: flags as u32, handle: 1 };
+        let changes = [
+            ClientRequest::SetAttr { inode: ino, set: SetAttr::default(), handle: false },
+            ClientRequest::Unlink { parent: ino, name: name.clone() },
+            ClientRequest::Rmdir { parent: ino, name: name.clone() },
+            ClientRequest::SetXattr { inode: ino, name: b"user.a".to_vec(), value: vec![], flags: 0 },
+            ClientRequest::RemoveXattr { inode: ino, name: b"user.a".to_vec() },
+            ClientRequest::WriteChunk { inode: ino, index: 0, after_failure: false },
+            open(libc::O_WRONLY),
+            open(libc::O_RDWR),
+            open(libc::O_RDONLY | libc::O_TRUNC),
+        ];
+        for req in &changes {
+            match read_only_check(&ro, req) {
+                Err(ClientError::Status(s)) => assert_eq!((s, s.errno()), (Status::ReadOnly, libc::EROFS), "{req:?}"),
+                other => panic!("{req:?} on a ro export: {other:?}"),
+            }
+            assert!(read_only_check(&session_info(), req).is_ok(), "{req:?} refused on a rw export");
+        }
+        for req in [ClientRequest::Undelete { inode: ino }, ClientRequest::Purge { inode: ino }] {
+            assert!(matches!(read_only_check(&meta_ro, &req), Err(ClientError::Status(Status::ReadOnly))), "{req:?}");
+        }
+        let reads = [
+            ClientRequest::Lookup { parent: ino, name },
+            ClientRequest::GetAttr { inode: ino },
+            ClientRequest::ReadChunk { inode: ino, index: 0 },
+            ClientRequest::StatFs,
+            ClientRequest::Release { inode: ino },
+            open(libc::O_RDONLY),
+        ];
+        for req in &reads {
+            assert!(read_only_check(&ro, req).is_ok(), "{req:?} refused on a ro export");
+        }
+    }
+
+    /// `mapall` maps everybody, `maproot` only root (and `maproot=0` keeps root as it is).
+    #[test]
+    fn mapall_maps_everybody_and_maproot_only_root() {
+        let user = Creds { uid: 1000, gid: 100, groups: vec![4, 27] };
+        let root = Creds::root();
+        let all = SessionInfo { map_all: Some((65534, 65534)), ..session_info() };
+        let nobody = Creds { uid: 65534, gid: 65534, groups: vec![] };
+        assert_eq!(map_creds(&all, user.clone()), nobody);
+        assert_eq!(map_creds(&all, root.clone()), nobody);
+        let squash = SessionInfo { map_root: Some((99, 98)), ..session_info() };
+        assert_eq!(map_creds(&squash, root.clone()), Creds { uid: 99, gid: 98, groups: vec![] });
+        assert_eq!(map_creds(&squash, user.clone()), user);
+        let keep = SessionInfo { map_root: Some((0, 0)), ..session_info() };
+        assert_eq!(map_creds(&keep, root.clone()), root);
+        assert_eq!(map_creds(&session_info(), user.clone()), user);
+    }
 }
