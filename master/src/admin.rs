@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use alces_ops::api::{
     AddMember, AdminBackend, AdminError, ChunkserverView, ClusterView, CopiesCount, DiskView, MemberView,
-    OperationCount, ReplicationView, SessionSummary,
+    OperationCount, ReplicationView, Sample, SessionSummary, HISTORY_EVERY_SECS, HISTORY_LEN,
 };
 use alces_proto::types::ChunkId;
 use alces_raft_store::{Member, Role};
@@ -466,6 +466,39 @@ impl AdminBackend for Master {
 
     fn admin_token(&self) -> Option<String> {
         self.config.admin_token.clone()
+    }
+
+    fn history(&self) -> Vec<Sample> {
+        self.history.lock().expect("history lock").iter().cloned().collect()
+    }
+}
+
+/// Samples this master's state for the monitor's charts every [`HISTORY_EVERY_SECS`],
+/// keeping the last [`HISTORY_LEN`] (a day). Runs on every master: each page shows the
+/// history of the master that serves it.
+pub async fn sample(m: Arc<Master>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(HISTORY_EVERY_SECS));
+    loop {
+        tokio::select! {
+            _ = m.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let view = m.local_view();
+        let servers = m.topology.servers();
+        let s = Sample {
+            time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            inodes: view.counter(COUNT_INODES).unwrap_or(0),
+            chunks: view.counter(COUNT_CHUNKS).unwrap_or(0),
+            requests: m.metrics.operations().iter().map(|o| o.count).sum(),
+            used_bytes: servers.iter().filter(|s| s.connected).map(|s| s.load.used_bytes).sum(),
+            total_bytes: servers.iter().filter(|s| s.connected).map(|s| s.load.total_bytes).sum(),
+            applied: m.node.status().applied.unwrap_or(0),
+        };
+        let mut h = m.history.lock().expect("history lock");
+        if h.len() == HISTORY_LEN {
+            h.pop_front();
+        }
+        h.push_back(s);
     }
 }
 

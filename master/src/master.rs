@@ -41,6 +41,8 @@ pub struct Master {
     pub stop: CancellationToken,
     pub(crate) metrics: crate::admin::Metrics,
     pub(crate) copies_cache: Mutex<Option<crate::admin::CopiesCache>>,
+    /// Samples for the monitor's charts (see `admin::sample`).
+    pub(crate) history: Mutex<std::collections::VecDeque<alces_ops::api::Sample>>,
     /// The addresses the listeners actually bound (useful with port 0 in tests).
     pub client_addr: SocketAddr,
     pub cs_addr: SocketAddr,
@@ -103,6 +105,7 @@ impl Master {
             sessions_seen: Mutex::default(),
             stop: CancellationToken::new(),
             metrics: Default::default(),
+            history: Default::default(),
             copies_cache: Mutex::new(None),
             started: Instant::now(),
         });
@@ -111,6 +114,7 @@ impl Master {
         tokio::spawn(crate::service::cs::announce_leadership(master.clone()));
         tokio::spawn(duties(master.clone()));
         tokio::spawn(reaper(master.clone()));
+        tokio::spawn(crate::admin::sample(master.clone()));
         crate::admin::serve(master.clone()).await.with_context(|| format!("binding {}", master.config.admin_listen))?;
         tracing::info!(id = master.config.id, client = %master.client_addr, cs = %master.cs_addr, "master started");
         Ok(master)

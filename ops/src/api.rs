@@ -155,6 +155,26 @@ pub struct TransferLeader {
     pub to: Option<u64>,
 }
 
+/// One point of the monitor's charts, taken by each master every [`HISTORY_EVERY_SECS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    pub inodes: u64,
+    pub chunks: u64,
+    /// Client requests this master has served since it started.
+    pub requests: u64,
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+    /// This master's last applied log index.
+    pub applied: u64,
+}
+
+/// How often a master samples its state for the charts, and how many samples it keeps (a
+/// day's worth).
+pub const HISTORY_EVERY_SECS: u64 = 10;
+pub const HISTORY_LEN: usize = 8640;
+
 /// An admin call that did not happen.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdminError {
@@ -188,6 +208,8 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn snapshot(&self) -> impl Future<Output = Result<u64, AdminError>> + Send;
     /// Prometheus text exposition.
     fn metrics(&self) -> String;
+    /// This master's samples for the charts, oldest first.
+    fn history(&self) -> Vec<Sample>;
     fn admin_token(&self) -> Option<String>;
 }
 
@@ -258,6 +280,10 @@ async fn metrics<B: AdminBackend>(State(b): State<Arc<B>>) -> impl IntoResponse 
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], b.metrics())
 }
 
+async fn history<B: AdminBackend>(State(b): State<Arc<B>>) -> Json<Vec<Sample>> {
+    Json(b.history())
+}
+
 async fn monitor() -> Html<&'static str> {
     Html(MONITOR_HTML)
 }
@@ -270,6 +296,7 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
         .route("/api/v1/members/{id}", delete(remove_member::<B>))
         .route("/api/v1/leader/transfer", post(transfer::<B>))
         .route("/api/v1/snapshot", post(snapshot::<B>))
+        .route("/api/v1/history", get(history::<B>))
         .route("/metrics", get(metrics::<B>))
         .with_state(backend)
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use alces_ops::api::ClusterView;
+use alces_ops::api::{ClusterView, Sample};
 use alces_ops::launcher::{fetch_cluster, Cluster, Layout};
 use alces_testkit::temp_dir;
 use anyhow::{bail, ensure, Context, Result};
@@ -230,6 +230,29 @@ fn the_monitor_shows_the_leader_the_chunkservers_and_the_chunk_counts() -> Resul
     ensure!(get("alces_master_request_seconds_count{op=\"create\"}")? >= 5.0, "create latencies");
     let m = metrics(&follower.admin_addr)?;
     ensure!(m.get("alces_master_raft_is_leader") == Some(&0.0), "a follower says it leads");
+
+    // The charts' samples, kept by each master: they catch up with the files written.
+    for canvas in ["chart-ops", "chart-space", "chart-ns"] {
+        ensure!(dom.contains(&format!("id=\"{canvas}\"")), "no chart {canvas} on the page");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let url = format!("http://{leader_admin}/api/v1/history");
+        let h: Vec<Sample> = serde_json::from_str(&ureq::get(&url).call()?.into_body().read_to_string()?)?;
+        let last = h.last().cloned().unwrap_or_default();
+        let ordered = h.windows(2).all(|w| w[0].time < w[1].time && w[0].requests <= w[1].requests);
+        ensure!(ordered, "samples out of order: {h:?}");
+        if last.inodes == v.inodes && last.chunks == v.chunks && last.total_bytes > 0 && last.requests > 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the last sample {last:?} never showed {} inodes and {} chunks",
+            v.inodes,
+            v.chunks
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     Ok(())
 }
 

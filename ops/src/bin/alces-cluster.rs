@@ -102,4 +102,11 @@ fn print_summary(c: &Cluster) {
         None => println!("no leader right now"),
     }
     println!("mount with: alces-mount MNT -H {}", c.client_addrs().join(","));
+    if !c.file.admin_token_file.as_os_str().is_empty() {
+        println!(
+            "admin token: {} (alces admin --cluster {} uses it)",
+            c.file.admin_token_file.display(),
+            c.dir.display()
+        );
+    }
 }
