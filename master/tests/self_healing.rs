@@ -17,7 +17,7 @@ use alces_chunkserver::format::{parse_name, DATA_OFFSET};
 use alces_client::data::DataPath;
 use alces_client::master_link::{MasterClient, Options};
 use alces_ops::api::{ClusterView, CopiesCount, ReplicationView};
-use alces_ops::launcher::{Cluster, Layout};
+use alces_ops::launcher::{fetch_cluster, Cluster, Layout};
 use alces_proto::link::client_cs::{DataError, DataReply, DataRequest, MAX_READ};
 use alces_proto::link::client_master::{ChunkReport, ClientReply, ClientRequest};
 use alces_proto::types::{
@@ -61,8 +61,20 @@ async fn start_delayed(
     hdd_size: Option<&str>,
     delay: u64,
 ) -> Result<Env> {
+    start_group(1, chunkservers, goal, chunkserver_extra, hdd_size, delay).await
+}
+
+/// [`start_delayed`] with `masters` masters.
+async fn start_group(
+    masters: usize,
+    chunkservers: usize,
+    goal: u8,
+    chunkserver_extra: &[&str],
+    hdd_size: Option<&str>,
+    delay: u64,
+) -> Result<Env> {
     let dir = alces_testkit::temp_dir("alces-self-healing-");
-    let mut layout = Layout::new(dir.path(), 1, chunkservers)?;
+    let mut layout = Layout::new(dir.path(), masters, chunkservers)?;
     layout.hdd_size = hdd_size.map(str::to_string);
     layout.goal = goal;
     layout.master_extra.push(format!("CHUNKSERVER_TIMEOUT = {CHUNKSERVER_TIMEOUT}"));
@@ -184,8 +196,13 @@ impl Env {
         self.file_info(f).await?.first().cloned().context("the file's chunk")
     }
 
+    /// The leader's view (only the leader runs the replication manager), or any master's.
     fn view(&self) -> Result<ClusterView> {
-        tokio::task::block_in_place(|| self.cluster.view()).context("no master answers the admin API")
+        tokio::task::block_in_place(|| {
+            let leader = self.cluster.leader().and_then(|l| self.cluster.master(l).ok());
+            leader.and_then(|m| fetch_cluster(&m.admin_addr).ok()).or_else(|| self.cluster.view())
+        })
+        .context("no master answers the admin API")
     }
 
     fn replication(&self) -> Result<ReplicationView> {
@@ -451,6 +468,31 @@ async fn a_killed_chunkservers_chunks_get_back_to_their_goal() -> Result<()> {
     eprintln!("2 copies of {held} chunks back {:?} after the kill", killed.elapsed());
     let r = env.replication()?;
     ensure!(r.replicated >= before + held as u64, "only {} copies made for {held} lost ones", r.replicated - before);
+    env.check_contents(&refs(&files)).await?;
+    check_replicas(&env, &refs(&files), &survivors).await
+}
+
+/// The replication manager runs on whichever master leads: after the leader is killed, the
+/// new one repairs what the loss of a chunkserver left under its goal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repairs_resume_under_a_new_leader() -> Result<()> {
+    let mut env = start_group(3, 3, 2, &[], None, 0).await?;
+    let files = write_files(&env, "g").await?;
+    let all = env.chunkserver_ids();
+    wait_placement(&env, &refs(&files), 2, &all, "2 copies of every chunk").await?;
+    let old = tokio::task::block_in_place(|| env.cluster.wait_leader(Duration::from_secs(30)))?;
+    tokio::task::block_in_place(|| env.cluster.kill_master(old, Signal::SIGKILL))?;
+    let new = tokio::task::block_in_place(|| env.cluster.wait_leader(Duration::from_secs(30)))?;
+    ensure!(new != old, "master {old} was killed but still leads");
+
+    let per = chunks_per_server(&env)?;
+    let (&victim, &held) = per.iter().max_by_key(|(_, n)| **n).expect("servers");
+    ensure!(held > 0, "the chunkserver to kill holds no chunk: {per:?}");
+    env.kill(victim, Signal::SIGKILL)?;
+    let survivors: Vec<u64> = all.iter().copied().filter(|&c| c != victim).collect();
+    wait_placement(&env, &refs(&files), 2, &survivors, "2 copies on the survivors, by the new leader").await?;
+    let r = env.replication()?;
+    ensure!(r.replicated >= held as u64, "the new leader made {} copies for {held} lost ones", r.replicated);
     env.check_contents(&refs(&files)).await?;
     check_replicas(&env, &refs(&files), &survivors).await
 }
@@ -864,13 +906,20 @@ async fn a_folder_marked_for_removal_empties_while_files_stay_readable() -> Resu
     let marked = entry.folders[folder].clone();
     eprintln!("{} marked for removal with {held} chunks", marked.display());
 
-    let (envr, marked_) = (&env, &marked);
-    settle("the marked folder to empty", HEAL, move || async move {
-        let (env, marked) = (envr, marked_);
-        let left = disk_copies(env, &[cs])?.values().flatten().filter(|c| c.folder == folder).count();
-        Ok((left > 0).then(|| format!("{left} chunk files left in {}", marked.display())))
-    })
-    .await?;
+    // Every file reads back, whole, all the while the folder drains.
+    let deadline = Instant::now() + HEAL;
+    let mut reads = 0;
+    loop {
+        env.check_contents(&refs(&files)).await.context("a read while the marked folder drains")?;
+        reads += 1;
+        let left = disk_copies(&env, &[cs])?.values().flatten().filter(|c| c.folder == folder).count();
+        if left == 0 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{left} chunk files left in {} after {HEAL:?}", marked.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("the marked folder emptied; every file read back {reads} times meanwhile");
     wait_placement(&env, &refs(&files), 2, &all, "2 copies of every chunk, none on the marked folder").await?;
     let left = disk_copies(&env, &[cs])?.values().flatten().filter(|c| c.folder == folder).count();
     ensure!(left == 0, "{left} chunk files came back to the marked folder");
