@@ -176,17 +176,16 @@ async fn reply(conn: &mut Connection) -> Result<DataReply> {
 
 /// One chunk through the chain, as `write_chain` in `client/src/data.rs`: pieces split at
 /// 64 KiB block boundaries, [`WRITE_WINDOW`] of them unacknowledged, then a finish that
-/// syncs every replica.
+/// syncs every replica. A new chunk's replicas are created by the chain (`create`).
 async fn write_chain(
     pool: &mut Pool,
-    chunk: ChunkId,
-    version: ChunkVersion,
+    (chunk, version, create): (ChunkId, ChunkVersion, bool),
     chain: &[ChunkLocation],
     data: &[u8],
 ) -> Result<()> {
     let head = chain.first().ok_or_else(|| anyhow!("empty chain"))?;
     let conn = pool.get(&head.addr).await?;
-    conn.writer.send(&DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec(), create: false }).await?;
+    conn.writer.send(&DataRequest::WriteStart { chunk, version, chain: chain[1..].to_vec(), create }).await?;
     match reply(conn).await? {
         DataReply::WriteReady => {}
         other => bail!("chain refused the write: {other:?}"),
@@ -298,7 +297,7 @@ async fn through_chunkservers(
         if chain.len() != goal as usize {
             bail!("asked for {goal} copies, the master chained {} chunkservers", chain.len());
         }
-        write_chain(&mut pool, chunk, version, &chain, chunk_data(data, i, len))
+        write_chain(&mut pool, (chunk, version, new_chunk), &chain, chunk_data(data, i, len))
             .await
             .with_context(|| format!("writing chunk {i} through {chain:?}"))?;
         size += len as u64;

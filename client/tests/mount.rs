@@ -328,6 +328,8 @@ fn the_other_tools(cluster: &Cluster, mnt: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A deleted file restored through the meta mount's trash/undel/, then one deleted while open
+/// seen in reserved/.
 fn trash_restore(cluster: &mut Cluster, mnt: &Path, meta: &Path) -> Result<()> {
     let d = mnt.join("trashy");
     fs::create_dir(&d)?;
@@ -345,6 +347,26 @@ fn trash_restore(cluster: &mut Cluster, mnt: &Path, meta: &Path) -> Result<()> {
     fs::rename(trash.join(&entry), trash.join("undel").join(&entry))?;
     wait_for("the restored file", Duration::from_secs(10), || Ok(d.join("doc").exists()))?;
     ensure!(fs::read(d.join("doc"))? == data, "the restored file differs");
+
+    // With no trash time, a file deleted while open is listed in reserved/ until closed.
+    let r = mnt.join("reserving");
+    fs::create_dir(&r)?;
+    alces(cluster, &["settrashtime", "0", &r.display().to_string()])?;
+    fs::write(r.join("held"), b"still here")?;
+    let mut held = fs::File::open(r.join("held"))?;
+    fs::remove_file(r.join("held"))?;
+    let reserved = |meta: &Path| -> Result<bool> {
+        Ok(fs::read_dir(meta.join("reserved"))?.filter_map(|e| e.ok()).any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.ends_with("reserving|held") && n.split('|').next().is_some_and(|i| u64::from_str_radix(i, 16).is_ok())
+        }))
+    };
+    wait_for("a reserved/ entry for the file deleted while open", Duration::from_secs(5), || reserved(meta))?;
+    let mut back = Vec::new();
+    held.read_to_end(&mut back)?;
+    ensure!(back == b"still here", "the open handle reads {back:?}");
+    drop(held);
+    wait_for("the reserved entry to go once the file is closed", Duration::from_secs(10), || Ok(!reserved(meta)?))?;
     Ok(())
 }
 

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alces_client::master_link::{MasterClient, Options};
+use alces_ops::admin_client::AdminClient;
 use alces_ops::launcher::{Cluster, Layout};
-use alces_proto::link::client_master::{ClientReply, ClientRequest};
+use alces_proto::link::client_master::{ClientError, ClientReply, ClientRequest, Reply, Request};
 use alces_proto::types::{Creds, FileKind, Inode, Name};
-use anyhow::{bail, Result};
+use alces_proto::{Connection, Handshake, LinkKind, DEFAULT_MAX_FRAME};
+use anyhow::{bail, ensure, Result};
 use nix::sys::signal::Signal;
 
 fn name(s: &str) -> Name {
@@ -100,5 +102,42 @@ async fn sessions_survive_a_leader_kill_and_lose_no_acknowledged_operation() -> 
     })
     .await?;
     let _ = last;
+
+    // A follower answers a request with NotLeader, naming the leader and its client address.
+    let new_leader = cluster.wait_leader(Duration::from_secs(30))?;
+    let leader_entry = cluster.master(new_leader)?.clone();
+    let follower = cluster.file.masters.iter().find(|m| m.id != new_leader).expect("a follower").clone();
+    let mut conn = Connection::connect(&follower.client_addr, DEFAULT_MAX_FRAME, Duration::from_secs(3)).await?;
+    Handshake::new(LinkKind::ClientMaster, "failover test", None).dial(&mut conn).await?;
+    let req =
+        Request { id: 1, low_water: 0, creds: Creds::root(), body: ClientRequest::GetAttr { inode: Inode::ROOT } };
+    match conn.call::<_, Reply>(&req, Duration::from_secs(10)).await?.body {
+        Err(ClientError::NotLeader { leader_id: Some(id), leader_addr: Some(addr) })
+            if id == new_leader && addr == leader_entry.client_addr => {}
+        other => bail!("a follower answered {other:?}, not NotLeader naming master {new_leader}"),
+    }
+
+    // A snapshot of the namespace, printed by `alces-master dump-metadata`: every acknowledged
+    // name is in it, and every checksum verified.
+    let token = cluster.file.admin_token()?;
+    let admin = AdminClient::new(vec![leader_entry.admin_addr.clone()], token);
+    let at = leader_entry.admin_addr.clone();
+    tokio::task::spawn_blocking(move || admin.snapshot_at(&at, Duration::from_secs(30))).await??;
+    let snapshots = leader_entry.data_dir.join("snapshots");
+    let file = std::fs::read_dir(&snapshots)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "alces"))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .ok_or_else(|| anyhow::anyhow!("no snapshot file in {}", snapshots.display()))?;
+    let out =
+        std::process::Command::new(cluster.bin_dir.join("alces-master")).arg("dump-metadata").arg(&file).output()?;
+    ensure!(out.status.success(), "dump-metadata: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout)?;
+    ensure!(text.lines().last().is_some_and(|l| l.ends_with("records, all checksums verified")), "{text}");
+    let files = text.lines().filter(|l| l.starts_with("inode ") && l.contains(" File ")).count();
+    ensure!(files == SESSIONS * DIRS * FILES, "{files} files in the dump, {} acknowledged", SESSIONS * DIRS * FILES);
+    for s in 0..SESSIONS {
+        ensure!(text.contains(&format!("name \"s{s}\"")), "session {s}'s folder is not in the dump");
+    }
     Ok(())
 }

@@ -79,6 +79,18 @@ async fn garbage_on_every_listener_is_refused_and_the_cluster_keeps_serving() ->
     garbage_after_handshake(&m.raft_addr, LinkKind::Peer, Some(secret.clone())).await?;
     garbage_after_handshake(&m.client_addr, LinkKind::ClientMaster, None).await?;
     garbage_after_handshake(&cs.addr, LinkKind::ClientChunkserver, None).await?;
+    garbage_after_handshake(&m.cs_addr, LinkKind::ChunkserverMaster, Some(secret.clone())).await?;
+    garbage_after_handshake(&cs.addr, LinkKind::ChunkserverChunkserver, Some(secret.clone())).await?;
+    // Links between the cluster's own processes need its secret.
+    for (addr, link) in [
+        (&m.raft_addr, LinkKind::Peer),
+        (&m.cs_addr, LinkKind::ChunkserverMaster),
+        (&cs.addr, LinkKind::ChunkserverChunkserver),
+    ] {
+        let mut conn = Connection::connect(addr, DEFAULT_MAX_FRAME, Duration::from_secs(3)).await?;
+        let r = Handshake::new(link, "impostor", Some(Secret::new("not the secret"))).dial(&mut conn).await;
+        ensure!(r.is_err(), "{addr}: a {link:?} link with the wrong secret was accepted");
+    }
 
     log_shows(
         &m.log,

@@ -303,6 +303,32 @@ mod tests {
         assert!(l.is_err());
     }
 
+    /// A peer speaking another protocol version is refused, and told which one this side
+    /// speaks.
+    #[tokio::test]
+    async fn another_protocol_version_is_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut c = Connection::new(s, 4096).unwrap();
+            hs(LinkKind::ClientMaster, "b", None).accept(&mut c).await
+        });
+        let mut c = Connection::new(TcpStream::connect(addr).await.unwrap(), 4096).unwrap();
+        let old = PROTOCOL_VERSION - 1;
+        let hello =
+            Hello { magic: MAGIC, version: old, link: LinkKind::ClientMaster, name: "old".into(), nonce: nonce() };
+        c.send(&hello).await.unwrap();
+        match c.expect::<Answer>().await.unwrap() {
+            Answer::Refused { reason } => {
+                assert!(reason.contains(&format!("version {old}")) && reason.contains(&PROTOCOL_VERSION.to_string()))
+            }
+            other => panic!("a hello of version {old} got {other:?}"),
+        }
+        let refused = server.await.unwrap();
+        assert!(matches!(refused, Err(HandshakeError::Version { theirs }) if theirs == old), "{refused:?}");
+    }
+
     #[tokio::test]
     async fn wrong_link_is_refused() {
         let (d, l) = run(hs(LinkKind::ClientMaster, "a", None), hs(LinkKind::Peer, "b", Some("x"))).await;
