@@ -51,6 +51,9 @@ pub struct NodeConfig {
     /// Test-only sabotage: no write-ahead log, so acknowledged entries are lost on a crash
     /// (proves the fault-injection suite detects it). Never set in production.
     pub unsafe_no_wal: bool,
+    /// Serve linearizable reads under the leader lease when it holds (off: every read waits
+    /// for a quorum round, shared by the reads that arrive together).
+    pub lease_reads: bool,
 }
 
 impl NodeConfig {
@@ -67,6 +70,7 @@ impl NodeConfig {
             snapshot_every: 100_000,
             keep_logs: 10_000,
             unsafe_no_wal: false,
+            lease_reads: true,
         }
     }
 
@@ -164,7 +168,9 @@ impl<M: StateMachine> RaftNode<M> {
         let handshake = Handshake::new(LinkKind::Peer, name, Some(config.secret.clone()));
         // The leader counts half the followers' vote-refusal window (election_timeout_max) as
         // its lease; the other half absorbs scheduling delays and clock rate differences.
-        let lease = Duration::from_millis(config.election_timeout_max_ms / 2);
+        // A lease of zero never holds.
+        let lease =
+            if config.lease_reads { Duration::from_millis(config.election_timeout_max_ms / 2) } else { Duration::ZERO };
         let acks = Arc::new(Acks::new(lease));
         let network = PeerNetwork::new(handshake.clone(), acks.clone(), durability);
         let voting = network::Voting::new(Duration::from_millis(config.election_timeout_max_ms));

@@ -314,6 +314,39 @@ fn get() -> KvRequest {
     KvRequest::Get { key: "k".into() }
 }
 
+/// Without the lease every linearizable read needs a quorum round, and reads that arrive
+/// together share one: 16 clients reading at once take far fewer rounds than reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_share_read_index_rounds() -> Result<()> {
+    let mut c = Cluster::start(3, Options { lease_reads: false, ..Options::default() }).await?;
+    let leader = c.wait_leader().await?;
+    c.leader_call(put(b"x")).await?;
+    let before = c.status(leader).await?;
+    let api = c.api(leader);
+    let mut readers = Vec::new();
+    for _ in 0..16 {
+        readers.push(tokio::spawn(async move {
+            let mut conn = common::Client::connect(api).await?;
+            for _ in 0..25 {
+                match conn.call(&get()).await? {
+                    KvResponse::Value(v) if v.as_deref() == Some(&b"x"[..]) => {}
+                    other => anyhow::bail!("a read on the leader: {other:?}"),
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for r in readers {
+        r.await??;
+    }
+    let after = c.status(leader).await?;
+    let rounds = after.read_rounds - before.read_rounds;
+    eprintln!("400 reads took {rounds} read-index rounds");
+    assert_eq!(after.lease_reads, before.lease_reads, "a read was served under the lease it should not have");
+    assert!((1..=200).contains(&rounds), "400 reads took {rounds} rounds: they do not share them");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_serves_reads_under_its_lease_but_a_resumed_old_leader_serves_no_stale_read() -> Result<()> {
     let mut c = Cluster::start(3, Options::default()).await?;

@@ -42,6 +42,9 @@ struct Args {
     /// Log entries kept behind a snapshot.
     #[arg(long, default_value_t = 10_000)]
     keep_logs: u64,
+    /// Take a quorum round for every batch of reads, even while the leader lease holds.
+    #[arg(long)]
+    no_lease_reads: bool,
 }
 
 fn parse_members(s: &str) -> Result<BTreeMap<NodeId, Member>> {
@@ -72,6 +75,7 @@ async fn main() -> Result<()> {
     let mut cfg = NodeConfig::new(args.id, args.data.clone(), args.raft_listen, member, Secret::new(&args.secret));
     cfg.snapshot_every = args.snapshot_every;
     cfg.keep_logs = args.keep_logs;
+    cfg.lease_reads = !args.no_lease_reads;
     let node = RaftNode::start(cfg, Arc::new(KvMachine)).await.context("starting the raft node")?;
     let api =
         tokio::net::TcpListener::bind(args.api_listen).await.with_context(|| format!("binding {}", args.api_listen))?;

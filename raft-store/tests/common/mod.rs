@@ -31,11 +31,12 @@ pub struct Options {
     pub snapshot_every: u64,
     pub keep_logs: u64,
     pub secret: String,
+    pub lease_reads: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { snapshot_every: 100_000, keep_logs: 10_000, secret: SECRET.into() }
+        Options { snapshot_every: 100_000, keep_logs: 10_000, secret: SECRET.into(), lease_reads: true }
     }
 }
 
@@ -92,6 +93,9 @@ impl Cluster {
         ];
         if let Some(b) = bootstrap {
             args.extend(["--bootstrap".into(), b.to_string()]);
+        }
+        if !self.opts.lease_reads {
+            args.push("--no-lease-reads".into());
         }
         let log = self.dir.path().join(format!("node{id}.log"));
         let proc = Proc::spawn(&format!("node{id}"), &bin(), &args, &log)?;
