@@ -230,12 +230,12 @@ pub async fn pass(m: &Arc<Master>) -> usize {
                 todo.push((0, Work::Adopt { chunk, version: rec.version }));
                 continue;
             }
+            let mut stale_here = Vec::new();
             for r in &replicas {
                 let Some(s) = servers.get(&r.server) else { continue };
                 if r.version != rec.version {
                     if s.connected {
-                        stale += 1;
-                        todo.push((usize::MAX, Work::Delete { chunk, version: r.version, on: r.server }));
+                        stale_here.push(Work::Delete { chunk, version: r.version, on: r.server });
                     }
                     continue;
                 }
@@ -249,6 +249,13 @@ pub async fn pass(m: &Arc<Master>) -> usize {
                     labels.push((loc.clone(), s.label.clone()));
                     valid.push((loc, usage_ppm(s)));
                 }
+            }
+            // Stale copies go once a current one counts. Until then they may be all that is
+            // left of the chunk (its current copies on servers that are gone): `alces
+            // filerepair` can still make the file readable from them.
+            stale += stale_here.len() as u64;
+            if !valid.is_empty() || !on_leaving.is_empty() {
+                todo.extend(stale_here.into_iter().map(|w| (usize::MAX, w)));
             }
             let sources: Vec<ChunkLocation> = valid.iter().map(|(l, _)| l.clone()).chain(on_leaving.clone()).collect();
             if sources.is_empty() {

@@ -280,6 +280,13 @@ impl Topology {
             .collect()
     }
 
+    /// The highest version of a chunk that a connected server holds.
+    pub fn max_connected_version(&self, chunk: ChunkId) -> Option<ChunkVersion> {
+        let g = self.lock();
+        let connected = |r: &&Replica| g.servers.get(&r.server).is_some_and(|s| s.tx.is_some());
+        g.chunks.get(&chunk)?.iter().filter(connected).map(|r| r.version).max()
+    }
+
     pub fn location(&self, id: ChunkserverId) -> Option<ChunkLocation> {
         self.lock().servers.get(&id).map(|s| ChunkLocation { id, addr: s.addr.clone() })
     }

@@ -497,6 +497,73 @@ async fn repairs_resume_under_a_new_leader() -> Result<()> {
     check_replicas(&env, &refs(&files), &survivors).await
 }
 
+/// `filerepair` when the current copies are on a server that is gone: a chunk whose only
+/// other copy missed a version change goes back to that version and reads its older bytes; a
+/// chunk with no copy left becomes a hole. Until then the replication manager keeps that
+/// stale copy (before, it deleted it as stale although no current copy could be read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filerepair_takes_the_newest_copy_left_or_makes_a_hole() -> Result<()> {
+    let mut env = start(2, 2, &[]).await?;
+    let mut f = env.write_file("f", 40, &[(0, 100_000)]).await?;
+    let all = env.chunkserver_ids();
+    wait_placement(&env, &[&f], 2, &all, "2 copies of f's chunk").await?;
+    let (a, b) = (all[0], all[1]);
+    let old = env.first_chunk(&f).await?.version;
+    // b misses a version change of f's chunk; g's chunk is made on a alone.
+    env.kill(b, Signal::SIGKILL)?;
+    env.write_piece(&mut f, 200_000, pseudo_random_bytes(41, 4096)).await?;
+    let g = env.write_file("g", 42, &[(0, 50_000)]).await?;
+    let current = env.first_chunk(&f).await?.version;
+    ensure!(current > old, "the write while b was down kept version {old}");
+    env.kill(a, Signal::SIGKILL)?;
+    // A restart of the master ends the write leases it kept (60 s): the replication manager
+    // leaves leased chunks alone, and must look at this one.
+    tokio::task::block_in_place(|| -> Result<()> {
+        env.cluster.kill_master(1, Signal::SIGTERM)?;
+        env.cluster.start_master(1)?;
+        env.cluster.wait_leader(Duration::from_secs(30))?;
+        env.cluster.start_chunkserver(b)
+    })?;
+    settle("b's copy of f's chunk to be reported", HEAL, || async {
+        let c = env.first_chunk(&f).await?;
+        Ok((!c.copies.iter().any(|(l, _)| l.id.0 == b)).then(|| format!("{:?}", c.copies)))
+    })
+    .await?;
+    // Passes of the replication manager go by: b's stale copy stays, the only one left.
+    let passes = env.replication()?.passes;
+    settle("two replication passes", HEAL, || async {
+        let r = env.replication()?;
+        Ok((r.passes < passes + 2).then(|| format!("{r:?}")))
+    })
+    .await?;
+    let on_b = disk_copies(&env, &[b])?.remove(&env.first_chunk(&f).await?.chunk).unwrap_or_default();
+    ensure!(on_b.len() == 1 && on_b[0].version == old, "b's copies of f's chunk: {on_b:?}");
+
+    let repair = |file: &TestFile| ClientRequest::FileRepair { inode: file.inode };
+    match env.call(repair(&f)).await? {
+        ClientReply::Repaired { ok: 0, erased: 0, repaired: 1 } => {}
+        other => bail!("filerepair f: {other:?}"),
+    }
+    match env.call(repair(&g)).await? {
+        ClientReply::Repaired { ok: 0, erased: 1, repaired: 0 } => {}
+        other => bail!("filerepair g: {other:?}"),
+    }
+    ensure!(env.first_chunk(&f).await?.version == old, "f's chunk is not back at version {old}");
+    let data = DataPath::new(env.master.clone());
+    let read = |inode, offset, len| {
+        let data = &data;
+        async move { data.read(inode, offset, len).await.map(|b| b.to_bytes()).map_err(|s| anyhow::anyhow!("{s:?}")) }
+    };
+    ensure!(read(f.inode, 0, 100_000).await? == f.pieces[0].1, "f's first piece after the repair");
+    ensure!(read(f.inode, 200_000, 4096).await? == vec![0; 4096], "b never had the piece written while it was down");
+    ensure!(read(g.inode, 0, 50_000).await? == vec![0; 50_000], "g's lost chunk is not a hole");
+    // Nothing left to repair.
+    match env.call(repair(&f)).await? {
+        ClientReply::Repaired { ok: 1, erased: 0, repaired: 0 } => Ok(()),
+        other => bail!("filerepair f again: {other:?}"),
+    }
+}
+
 /// A chunk written without pause gets back to its goal after losing a copy. Its write lease
 /// never lapses, and the replication manager leaves leased chunks alone: the writer's next
 /// lease has to add the missing copy.

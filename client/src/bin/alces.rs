@@ -80,8 +80,8 @@ enum Cmd {
     },
     /// Copy a file or tree cheaply: the copy shares chunks until either side is written.
     Makesnapshot { src: PathBuf, dst: PathBuf },
-    /// Make damaged files readable: chunks without a valid copy take the newest copy any
-    /// server has, or become holes.
+    /// Make damaged files readable: chunks with no valid copy on a connected chunkserver take
+    /// the newest copy a connected server has, or become holes.
     Filerepair { paths: Vec<PathBuf> },
     /// Append the chunks of SRC files to DST (shared, like a snapshot).
     Appendchunks { dst: PathBuf, srcs: Vec<PathBuf> },

@@ -687,13 +687,15 @@ async fn file_repair(m: &Arc<Master>, inode: Inode) -> Res {
         }
         v
     };
+    // What can be read now counts: copies on servers that are not connected do not (as in
+    // MooseFS, whose master forgets a chunkserver's copies when it disconnects).
     let (mut ok, mut erased, mut repaired) = (0, 0, 0);
     for (index, chunk, version) in chunks {
-        if version.0 == 0 || !m.topology.valid_locations(chunk, version).is_empty() {
+        if version.0 == 0 || !m.topology.connected_copies(chunk, version).is_empty() {
             ok += 1;
             continue;
         }
-        match m.topology.replicas(chunk).iter().map(|r| r.version).max() {
+        match m.topology.max_connected_version(chunk) {
             Some(best) => {
                 tracing::warn!(chunk = %chunk.hex(), from = %version, to = %best, "filerepair: using the newest surviving copy");
                 m.propose(OpBody::SetChunkVersion { chunk, version: best }).await?;
