@@ -93,26 +93,24 @@ enum AdminCmd {
 }
 
 impl AdminArgs {
-    /// The admin addresses to start from.
-    /// `--token`, else the local cluster's (`--cluster DIR`).
-    fn token(&self) -> Result<Option<String>> {
-        match (&self.token, &self.cluster) {
-            (Some(t), _) => Ok(Some(t.clone())),
-            (None, Some(dir)) => ClusterFile::read(dir)?.admin_token(),
-            (None, None) => Ok(None),
+    /// A client of the admin addresses to start from: a local cluster's masters and token
+    /// (`--cluster DIR`; `--token` wins), else `-H` and `--token`.
+    fn client(&self) -> Result<AdminClient> {
+        let Some(dir) = &self.cluster else { return Ok(AdminClient::new(self.hosts(), self.token.clone())) };
+        let file = ClusterFile::read(dir)?;
+        let addrs: Vec<String> = file.masters.iter().map(|m| m.admin_addr.clone()).filter(|a| !a.is_empty()).collect();
+        if addrs.is_empty() {
+            bail!("{} lists no masters", dir.join("cluster.json").display());
         }
+        let token = match &self.token {
+            Some(t) => Some(t.clone()),
+            None => file.admin_token()?,
+        };
+        Ok(AdminClient::new(addrs, token))
     }
 
-    fn masters(&self) -> Result<Vec<String>> {
-        if let Some(dir) = &self.cluster {
-            let file = ClusterFile::read(dir)?;
-            let addrs: Vec<String> =
-                file.masters.iter().map(|m| m.admin_addr.clone()).filter(|a| !a.is_empty()).collect();
-            if addrs.is_empty() {
-                bail!("{} lists no masters", dir.join("cluster.json").display());
-            }
-            return Ok(addrs);
-        }
+    /// The `-H` addresses, with the default port where none is given.
+    fn hosts(&self) -> Vec<String> {
         let addrs: Vec<String> = self
             .hosts
             .iter()
@@ -120,7 +118,11 @@ impl AdminArgs {
             .filter(|h| !h.is_empty())
             .map(|h| if h.contains(':') { h.to_string() } else { format!("{h}:{DEFAULT_ADMIN_PORT}") })
             .collect();
-        Ok(if addrs.is_empty() { vec![format!("127.0.0.1:{DEFAULT_ADMIN_PORT}")] } else { addrs })
+        if addrs.is_empty() {
+            vec![format!("127.0.0.1:{DEFAULT_ADMIN_PORT}")]
+        } else {
+            addrs
+        }
     }
 }
 
@@ -139,7 +141,7 @@ fn explain(e: CallError) -> anyhow::Error {
 
 /// Runs one admin command; `json` prints JSON instead of text.
 pub fn run(args: &AdminArgs, json: bool) -> Result<()> {
-    let c = AdminClient::new(args.masters()?, args.token()?);
+    let c = args.client()?;
     let out = Out { json };
     match &args.cmd {
         AdminCmd::Status => status(&c, out),
@@ -735,8 +737,8 @@ mod tests {
             token: None,
             cmd: AdminCmd::Status,
         };
-        assert_eq!(a.masters().unwrap(), ["m1:9425", "m2:19425"]);
+        assert_eq!(a.hosts(), ["m1:9425", "m2:19425"]);
         let a = AdminArgs { hosts: vec![], cluster: None, token: None, cmd: AdminCmd::Status };
-        assert_eq!(a.masters().unwrap(), ["127.0.0.1:9425"]);
+        assert_eq!(a.hosts(), ["127.0.0.1:9425"]);
     }
 }

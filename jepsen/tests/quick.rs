@@ -56,14 +56,10 @@ fn append_survives_kills_partitions_and_pauses() -> Result<()> {
 /// What a run may leave on the machine that is still there: namespaces and links of the
 /// suite, its bridge, FUSE mounts or processes under `dir`, the state file.
 fn leftovers(dir: &std::path::Path) -> Result<Vec<String>> {
-    let mut left = Vec::new();
-    let netns = Command::new("ip").args(["netns", "list"]).output()?;
-    left.extend(String::from_utf8_lossy(&netns.stdout).lines().filter(|l| l.starts_with("alces-")).map(String::from));
-    for link in std::fs::read_dir("/sys/class/net")? {
-        let name = link?.file_name().to_string_lossy().into_owned();
-        if name == "alcesbr0" || name.starts_with("alv-") {
-            left.push(format!("link {name}"));
-        }
+    use alces_jepsen::net;
+    let mut left: Vec<String> = net::our_namespaces().into_iter().chain(net::our_links()).collect();
+    if std::path::Path::new("/sys/class/net").join(net::BRIDGE).exists() {
+        left.push(format!("bridge {}", net::BRIDGE));
     }
     let here = dir.display().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
@@ -76,8 +72,8 @@ fn leftovers(dir: &std::path::Path) -> Result<Vec<String>> {
             left.push(format!("process {}: {cmdline}", entry.file_name().to_string_lossy()));
         }
     }
-    if std::path::Path::new("/run/alces-jepsen/state.json").exists() {
-        left.push("/run/alces-jepsen/state.json".into());
+    if std::path::Path::new(alces_jepsen::cluster::STATE_FILE).exists() {
+        left.push(alces_jepsen::cluster::STATE_FILE.into());
     }
     Ok(left)
 }

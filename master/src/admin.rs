@@ -492,7 +492,6 @@ pub async fn sample(m: Arc<Master>) {
             requests: m.metrics.operations().iter().map(|o| o.count).sum(),
             used_bytes: servers.iter().filter(|s| s.connected).map(|s| s.load.used_bytes).sum(),
             total_bytes: servers.iter().filter(|s| s.connected).map(|s| s.load.total_bytes).sum(),
-            applied: m.node.status().applied.unwrap_or(0),
         };
         let mut h = m.history.lock().expect("history lock");
         if h.len() == HISTORY_LEN {

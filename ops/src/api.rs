@@ -166,8 +166,6 @@ pub struct Sample {
     pub requests: u64,
     pub used_bytes: u64,
     pub total_bytes: u64,
-    /// This master's last applied log index.
-    pub applied: u64,
 }
 
 /// How often a master samples its state for the charts, and how many samples it keeps (a
